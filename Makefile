@@ -1,0 +1,25 @@
+# Everything runs offline on CPU by default (embedded MiniLM model + WordNet data).
+PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test bench data clean
+
+install:            ## venv + project with dev extras
+	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'
+
+run:                ## SELECT vs every baseline on the embedded default
+	$(PY) -m src.main
+
+test:               ## fast suite (tiny random models, tens of examples)
+	$(PY) -m pytest
+
+bench:              ## embedded task, 3 random seeds, mean ± std per selector
+	$(PY) -m src.bench --seeds 0 1 2
+
+data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
+	$(PY) -m src.data.build_wordnet
+
+clean:
+	rm -rf outputs/runs outputs/multiruns outputs/cache

@@ -1,0 +1,85 @@
+"""Entry point: ``python -m src.main [group=option ...] [key=value ...]``.
+
+A thin Hydra wrapper around ``src.pipeline.run``: compose config, set up the logger,
+run, write ``results.json`` and print the comparison table. Bad input (``UserError``)
+ends the run with one line on stderr and exit code 2; earlier outputs are untouched.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import UserError
+
+log = logging.getLogger("src.main")
+
+
+def register_resolvers() -> None:
+    """``${asset:name}``: a file shipped in src/data/assets (so configs need no absolute paths)."""
+    if not OmegaConf.has_resolver("asset"):
+        assets = Path(__file__).resolve().parent / "data" / "assets"
+        OmegaConf.register_new_resolver("asset", lambda name: str(assets / name))
+
+
+def make_logger(cfg: DictConfig, out_dir: Path):
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return None
+    from hydra.utils import instantiate
+
+    hc = HydraConfig.get()
+    group = cfg.logger.get("group") or (Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None)
+    logger = instantiate(cfg.logger, save_dir=str(out_dir), name=out_dir.name, group=group)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def print_table(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"weights2data: k={res['config']['k']} d={res['config']['d']} P={res['config']['P']} "
+                    f"rng={res['config']['rng']} (θ0 acc {res['reference']['theta0_accuracy']:.3f}, "
+                    f"θf acc {res['reference']['thetaf_accuracy']:.3f})")
+    for col in ("selector", "accuracy", "OT distance", "class balance of picks"):
+        t.add_column(col)
+    for r in res["results"]:
+        bal = " ".join(f"{c.split('.')[-1]}:{v:.2f}" for c, v in r["class_balance"].items())
+        t.add_row(r["selector"], f"{r['accuracy']:.4f}", f"{r['ot_distance']:.4f}", bal)
+    Console(width=140).print(t)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from src.pipeline import run  # heavy imports only once a run really starts
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    logger = None
+    try:
+        logger = make_logger(cfg, out_dir)
+        res = run(cfg, out_dir, logger=logger)
+        (out_dir / "results.json").write_text(json.dumps(res, indent=2))
+        if logger is not None:
+            logger.log_metrics({f"{r['selector']}/{m}": r[m] for r in res["results"] for m in ("accuracy", "ot_distance")})
+        print_table(res)
+        log.info("results written to %s", out_dir / "results.json")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if logger is not None:  # a crashed run must not leave a W&B process hanging a multirun
+            import wandb
+
+            wandb.finish()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    register_resolvers()
+    main()

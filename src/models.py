@@ -1,0 +1,136 @@
+"""θ0 / θf loading, compatibility checks and synthetic checkpoints.
+
+A model config names a Hugging Face id or local path (``name_or_path``), a package
+that ships a model (``pkg:<module>``, whose ``get_model_path()`` returns the folder),
+or ``random:<model_type>`` for a tiny randomly initialised model built from ``config``
+(what the tests use).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_path(name: str) -> str:
+    if name.startswith("pkg:"):
+        module = name[4:]
+        try:
+            return str(importlib.import_module(module).get_model_path())
+        except ImportError as e:
+            raise UserError(f"model package '{module}' is not installed (pip install {module.replace('_', '-')})") from e
+    return name
+
+
+def _from_hub(loader, name: str, **kw):
+    """Call a from_pretrained loader, turning 'not found / offline' into a one-line error."""
+    try:
+        return loader(resolve_path(name), **kw)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"could not load model '{name}' ({first[:200]}). If it is a hub id, this machine needs the hub "
+            "or a local copy in the HF cache; otherwise pass a local path"
+        ) from e
+
+
+def load_tokenizer(cfg):
+    tok = _from_hub(AutoTokenizer.from_pretrained, cfg.get("tokenizer") or cfg.name_or_path)
+    if tok.pad_token is None:  # GPT-2 / Llama ship without one
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def build_classifier(cfg, num_labels: int, head_seed: int) -> torch.nn.Module:
+    """θ0 for a classification task: the base model with a new head, initialised from ``head_seed``.
+
+    The head seed is part of θ0: θf is finetuned from exactly this model, so the head delta is meaningful.
+    """
+    torch.manual_seed(head_seed)
+    if cfg.name_or_path.startswith("random:"):
+        config = AutoConfig.for_model(cfg.name_or_path[7:], num_labels=num_labels, **dict(cfg.get("config") or {}))
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = _from_hub(AutoModelForSequenceClassification.from_pretrained, cfg.name_or_path, num_labels=num_labels)
+    if model.config.pad_token_id is None and model.config.eos_token_id is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def load_finetuned(path: str, num_labels: int) -> torch.nn.Module:
+    return _from_hub(AutoModelForSequenceClassification.from_pretrained, path, num_labels=num_labels)
+
+
+def get_module(model: torch.nn.Module, dotted: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(dotted)
+    except AttributeError as e:
+        names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-5:]
+        raise UserError(f"model has no module '{dotted}' to use as the last layer; last Linear modules: {names}") from e
+
+
+def check_compatible(state0: dict, statef: dict) -> None:
+    """θ0 and θf must be the same architecture: same parameter names and shapes."""
+    missing = sorted(set(state0) ^ set(statef))
+    if missing:
+        raise UserError(f"base and finetuned models differ in parameters, e.g. {missing[:3]} (present in only one)")
+    for k, v in state0.items():
+        if v.shape != statef[k].shape:
+            raise UserError(f"base and finetuned models differ in shape at '{k}': {tuple(v.shape)} vs {tuple(statef[k].shape)}")
+
+
+def interpolate(state0: dict, statef: dict, alpha: float) -> dict:
+    """θ0 + α(θf − θ0) for floating tensors; integer buffers (position ids) are taken from θ0."""
+    return {k: (v + alpha * (statef[k] - v)) if v.is_floating_point() else v for k, v in state0.items()}
+
+
+def checkpoint_alphas(P: int) -> list[float]:
+    """α_j = j/P, j = 1..P: the synthetic checkpoints θ̂_j on the line from θ0 to θf."""
+    if int(P) < 1:
+        raise UserError(f"P (number of synthetic checkpoints) must be >= 1, got {P}")
+    return [j / P for j in range(1, P + 1)]
+
+
+@dataclass
+class ModelPair:
+    """θ0 and θf as state dicts around one working module (weights swapped in as needed)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    state0: dict
+    statef: dict
+    head_name: str
+    key: str  # hash of what produced θf
+
+    def load(self, alpha: float) -> torch.nn.Module:
+        self.model.load_state_dict(interpolate(self.state0, self.statef, alpha))
+        return self.model
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return get_module(self.model, self.head_name)
+
+    def head_delta(self) -> torch.Tensor:
+        """θf − θ0 restricted to the last layer, flattened like ``head_grads`` rows."""
+        from src.gradients.head import flat_head
+
+        w, b = f"{self.head_name}.weight", f"{self.head_name}.bias"
+        dw = self.statef[w] - self.state0[w]
+        db = (self.statef[b] - self.state0[b]) if b in self.state0 else None
+        return flat_head(dw.float(), db.float() if db is not None else None)
+
+    def fresh(self, alpha: float = 0.0) -> torch.nn.Module:
+        """An independent copy of θ̂_α (for retraining, which must not touch the pair)."""
+        import copy
+
+        m = copy.deepcopy(self.model)
+        m.load_state_dict(interpolate(self.state0, self.statef, alpha))
+        return m

@@ -1,0 +1,60 @@
+"""The selector interface and what selectors are given.
+
+``Selector.select(ctx, k) -> Selection``. Selectors declare what they need
+(``needs_gradients``) so the pipeline skips the gradient pass when nothing uses it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from src.errors import UserError
+
+
+@dataclass
+class SelectionContext:
+    """Everything known about the seed corpus (N examples) when selecting."""
+
+    n_seed: int
+    labels: torch.Tensor              # [N] autolabels from θf
+    logp_f: torch.Tensor              # [N] log p_θf(autolabel | x)
+    logp_0: torch.Tensor              # [N] log p_θ0(autolabel | x)
+    n_true: int = 0                   # size of the hidden true training set (expert only)
+    grads: torch.Tensor | None = None  # [P, N, d] projected per-example gradients at θ̂_1..θ̂_P
+    target: torch.Tensor | None = None  # [d] projected −(θf − θ0)
+    rng: int = 0
+
+
+@dataclass
+class Selection:
+    indices: torch.Tensor     # [k] long, distinct
+    source: str = "seed"      # "seed": indices into the seed corpus; "true": into the true training data
+    info: dict = field(default_factory=dict)
+
+
+class Selector:
+    name = "base"
+    needs_gradients = False
+
+    def select(self, ctx: SelectionContext, k: int) -> Selection:
+        raise NotImplementedError
+
+    def __call__(self, ctx: SelectionContext, k: int) -> Selection:
+        check_k(k, ctx.n_seed)
+        sel = self.select(ctx, k)
+        assert len(torch.unique(sel.indices)) == len(sel.indices), f"{self.name} picked an index twice"
+        return sel
+
+
+def check_k(k: int, n: int) -> None:
+    if int(k) <= 0:
+        raise UserError(f"k (selection size) must be positive, got k={k}")
+    if int(k) > n:
+        raise UserError(f"k={k} is larger than the seed corpus ({n} examples); lower k or enlarge the seed corpus")
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, ties broken by index for determinism."""
+    order = torch.argsort(-scores.double(), stable=True)
+    return order[:k]

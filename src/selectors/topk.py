@@ -1,0 +1,22 @@
+"""Top-k gradient alignment: the k examples whose own gradient best aligns with the target.
+
+Scores each example alone, (1/P) Σ_j cos(g_ij, t), with no running sum, so near-duplicates
+of the best direction all get picked: the failure SELECT's greedy sum is designed to avoid.
+"""
+import torch
+import torch.nn.functional as F
+
+from src.selectors.base import Selection, SelectionContext, Selector, top_indices
+
+
+def alignment(grads: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[P, N, d], [d] -> [N]: mean over checkpoints of cos(g_ij, t)."""
+    return F.cosine_similarity(grads.double(), target.double()[None, None], dim=-1).mean(0)
+
+
+class TopKSelector(Selector):
+    name = "topk"
+    needs_gradients = True
+
+    def select(self, ctx: SelectionContext, k: int) -> Selection:
+        return Selection(top_indices(alignment(ctx.grads, ctx.target), k))

@@ -1,0 +1,115 @@
+"""Lightning glue: finetuning/retraining a classifier and batched forward passes.
+
+The math lives elsewhere (``src.gradients``); this file only moves batches through
+models on whatever accelerator the ``trainer`` config names.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
+
+
+def make_loader(tokenizer, texts, labels=None, *, batch_size: int, max_length: int,
+                shuffle: bool = False, seed: int = 0) -> DataLoader:
+    rows = list(range(len(texts)))
+
+    def collate(idx):
+        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        if labels is not None:
+            enc["labels"] = torch.as_tensor([int(labels[i]) for i in idx])
+        return dict(enc)
+
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+
+
+def build_trainer(cfg, logger=False, **overrides) -> L.Trainer:
+    kw = dict(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
+              strategy=cfg.get("strategy", "auto"), num_nodes=cfg.get("num_nodes", 1),
+              enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
+              enable_checkpointing=False, logger=logger, log_every_n_steps=cfg.get("log_every_n_steps", 10))
+    kw.update(overrides)
+    return L.Trainer(**kw)
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy finetuning of a sequence classifier (used for θ0→θf and for retraining)."""
+
+    def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float, prefix: str = "train"):
+        super().__init__()
+        self.model, self.lr, self.wd, self.warmup, self.prefix = model, lr, weight_decay, warmup_ratio, prefix
+
+    def training_step(self, batch, _):
+        labels = batch.pop("labels")
+        loss = F.cross_entropy(self.model(**batch).logits.float(), labels)
+        self.log(f"{self.prefix}/loss", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.wd)
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warm = max(1, int(self.warmup * total))
+
+        def schedule(step):  # linear warm-up, then linear decay to 0
+            return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                                                   "interval": "step"}}
+
+
+def fit_classifier(model, tokenizer, texts, labels, ft, trainer_cfg, rng: int, logger=False, prefix="train"):
+    """Train ``model`` in place on (texts, labels) with the ``finetune`` config ``ft``."""
+    L.seed_everything(rng, workers=True, verbose=False)
+    loader = make_loader(tokenizer, texts, labels, batch_size=ft.batch_size, max_length=ft.max_length,
+                         shuffle=True, seed=rng)
+    # A fixed number of optimiser steps would make tiny selections train longer per example;
+    # epochs keep "k examples seen E times" comparable across selectors.
+    steps = ft.get("max_steps") or -1
+    trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=steps)
+    trainer.fit(ClassifierModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix), loader)
+    model.eval()
+    return model
+
+
+class ForwardModule(L.LightningModule):
+    """Runs ``fn(model, batch) -> dict of [batch, ...] tensors`` under Lightning's predict loop."""
+
+    def __init__(self, model, fn: Callable):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def predict_step(self, batch, _):
+        with torch.no_grad():
+            return {k: v.float().cpu() for k, v in self.fn(self.model, batch).items()}
+
+
+def predict(model, tokenizer, texts, fn: Callable, *, batch_size: int, max_length: int, trainer_cfg, labels=None):
+    """Apply ``fn`` to every batch of ``texts`` (in order) and concatenate its outputs."""
+    if len(texts) == 0:
+        return {}
+    model.eval()
+    loader = make_loader(tokenizer, texts, labels, batch_size=batch_size, max_length=max_length)
+    # Predictions come back in order on one device; the multi-device pass writes per-rank shards instead.
+    trainer = build_trainer(trainer_cfg, devices=1, strategy="auto", num_nodes=1)
+    outs = trainer.predict(ForwardModule(model, fn), loader)
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+
+def logits_fn(model, batch):
+    batch = {k: v for k, v in batch.items() if k != "labels"}
+    return {"logits": model(**batch).logits}
+
+
+def accuracy(model, tokenizer, texts, labels, *, batch_size, max_length, trainer_cfg) -> float:
+    out = predict(model, tokenizer, texts, logits_fn, batch_size=batch_size, max_length=max_length,
+                  trainer_cfg=trainer_cfg)
+    pred = out["logits"].argmax(-1)
+    return float((pred == torch.as_tensor(list(labels))).float().mean())
