@@ -74,6 +74,7 @@ def fit_classifier(model, tokenizer, texts, labels, ft, trainer_cfg, rng: int, l
     # epochs keep "k examples seen E times" comparable across selectors.
     steps = ft.get("max_steps") or -1
     trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=steps)
+    model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
     trainer.fit(ClassifierModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix), loader)
     model.eval()
     return model

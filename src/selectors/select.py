@@ -77,7 +77,7 @@ def greedy_select(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_
         for lo in range(0, N, chunk):                                      # c_j += G_j u_j, chunked for memory
             c[:, lo:lo + chunk] += torch.einsum("pnd,pd->pn", G[:, lo:lo + chunk], u)
         s += u
-    return torch.tensor(picks, dtype=torch.long), torch.tensor(objective)
+    return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
 
 
 def greedy_select_naive(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
@@ -97,7 +97,7 @@ def greedy_select_naive(grads: torch.Tensor, target: torch.Tensor, k: int, *, ru
         picks.append(m)
         objective.append(float(score[m]))
         s = s + _increment(G, m, running_sum)
-    return torch.tensor(picks, dtype=torch.long), torch.tensor(objective)
+    return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
 
 
 class SelectSelector(Selector):

@@ -1,0 +1,55 @@
+"""`python -m src.main` as a user runs it: end to end on tiny overrides, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def main(*args, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "W2D_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "src.main", *TINY, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_end_to_end_prints_table_and_writes_results(tmp_path):
+    run_dir = tmp_path / "run"
+    p = main(f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    names = [r["selector"] for r in res["results"]]
+    assert names == ["select", "topk", "random", "likelihood", "likelihood_ratio", "expert"]
+    for name in names:
+        assert name in p.stdout  # the printed comparison table
+    assert "OT distance" in p.stdout
+
+    # Bad input afterwards, into the same output folder: one line on stderr, exit 2, results untouched.
+    before = (run_dir / "results.json").read_bytes()
+    for bad, msg in [("d=0", "d must be positive"), ("k=100000", "larger than the seed corpus")]:
+        q = main(f"hydra.run.dir={run_dir}", bad, tmp_path=tmp_path)
+        assert q.returncode == 2, q.stderr[-2000:]
+        errors = [line for line in q.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and msg in errors[0]
+        assert "Traceback" not in q.stderr
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_unknown_selector_and_offline_hub_resource_fail_clearly(tmp_path):
+    p = main("selector=selcet", f"hydra.run.dir={tmp_path / 'a'}", tmp_path=tmp_path)
+    assert p.returncode != 0
+    assert "Could not find 'selector/selcet'" in p.stderr and "select" in p.stderr
+    q = main("selector=select", "seed=nq", "d=4096", f"hydra.run.dir={tmp_path / 'b'}", tmp_path=tmp_path)
+    assert q.returncode == 2
+    assert "sentence-transformers/natural-questions" in q.stderr and "Traceback" not in q.stderr
+
+
+def test_cfg_job_prints_composed_config(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "src.main", "--cfg", "job", "d=4096", "P=5", "k=1000"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0
+    assert "d: 4096" in p.stdout and "P: 5" in p.stdout and "k: 1000" in p.stdout

@@ -1,0 +1,81 @@
+"""The whole pipeline in-process on tiny configs: every selector, caching, and bad input."""
+import json
+import logging
+
+import pytest
+import torch
+
+from src.errors import UserError
+from src.pipeline import run
+
+SELECTORS = ["select", "topk", "random", "likelihood", "likelihood_ratio", "expert"]
+
+
+def test_full_run_reports_every_selector_and_reuses_cached_stages(tiny_cfg, tmp_path, caplog):
+    cfg = tiny_cfg()
+    res = run(cfg, tmp_path / "run1")
+    assert [r["selector"] for r in res["results"]] == SELECTORS
+    for r in res["results"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["ot_distance"] >= 0.0
+        assert r["k"] == 8 and abs(sum(r["class_balance"].values()) - 1) < 1e-6
+        sel = json.loads((tmp_path / "run1" / "selections" / f"{r['selector']}.json").read_text())
+        assert len(sel["indices"]) == 8 == len(set(sel["indices"]))
+    assert set(res["reference"]) == {"theta0_accuracy", "thetaf_accuracy"}
+    for stage in ("data", "models", "autolabel", "gradients", "select/select", "select/retrain"):
+        assert stage in res["timings"]
+
+    # Same upstream config, other selector and k: θf, autolabels and gradient shards come from the cache.
+    with caplog.at_level(logging.INFO):
+        res2 = run(tiny_cfg("k=5", "selector=topk", "baselines=[]"), tmp_path / "run2")
+    assert "θf: reusing" in caplog.text and "autolabel: reusing" in caplog.text
+    assert "0 of 2 shards computed" in caplog.text
+    assert [r["selector"] for r in res2["results"]] == ["topk"]
+    assert res2["timings"]["models"] < res["timings"]["models"]
+
+
+def test_gradient_cache_is_keyed_by_what_produced_it(tiny_cfg, tmp_path, caplog):
+    run(tiny_cfg("baselines=[]"), tmp_path / "a")
+    with caplog.at_level(logging.INFO):
+        run(tiny_cfg("baselines=[]", "d=24"), tmp_path / "b")  # another d: new projections
+    assert "2 of 2 shards computed" in caplog.text
+
+
+def test_k_larger_than_seed_corpus_fails_before_training(tiny_cfg, tmp_path):
+    with pytest.raises(UserError, match="k=500 is larger than the seed corpus \\(60 examples\\)"):
+        run(tiny_cfg("k=500"), tmp_path / "out")
+    assert not (tmp_path / "cache" / "thetaf").exists()  # nothing expensive ran
+
+
+def test_empty_seed_corpus_is_a_clear_error(tiny_cfg, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="seed corpus"):
+        run(tiny_cfg("seed=local", f"seed.path={empty}"), tmp_path / "out")
+
+
+def test_missing_seed_corpus_is_a_clear_error(tiny_cfg, tmp_path):
+    with pytest.raises(UserError, match="seed corpus file not found"):
+        run(tiny_cfg("seed=local", f"seed.path={tmp_path / 'nope.csv'}"), tmp_path / "out")
+
+
+def test_finetuned_model_with_other_shapes_is_rejected(tiny_cfg, tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    other = AutoModelForSequenceClassification.from_config(
+        AutoConfig.for_model("bert", hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64, num_labels=4))
+    other.save_pretrained(tmp_path / "thetaf")
+    with pytest.raises(UserError, match="differ in shape"):
+        run(tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}"), tmp_path / "out")
+
+
+def test_given_finetuned_model_is_used_as_theta_f(tiny_cfg, tmp_path):
+    from src.stages import load_data, load_models
+
+    cfg = tiny_cfg()
+    data = load_data(cfg)
+    pair = load_models(cfg, data)  # θf made by finetuning
+    pair.load(1.0).save_pretrained(tmp_path / "thetaf")
+    given = load_models(tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}"), data)
+    for k, v in pair.statef.items():
+        torch.testing.assert_close(given.statef[k], v)

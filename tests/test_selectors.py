@@ -1,0 +1,57 @@
+"""Baselines: each returns k distinct indices by its stated rule; bad k fails clearly."""
+import pytest
+import torch
+
+from src.errors import UserError
+from src.selectors.base import SelectionContext
+from src.selectors.expert import ExpertSelector
+from src.selectors.likelihood import LikelihoodSelector
+from src.selectors.likelihood_ratio import LikelihoodRatioSelector
+from src.selectors.random import RandomSelector
+from src.selectors.select import SelectSelector
+from src.selectors.topk import TopKSelector
+
+
+def ctx(N=20, rng=0):
+    g = torch.Generator().manual_seed(0)
+    return SelectionContext(n_seed=N, labels=torch.randint(0, 3, (N,), generator=g),
+                            logp_f=-torch.rand(N, generator=g), logp_0=-torch.rand(N, generator=g),
+                            n_true=7, grads=torch.randn(2, N, 5, generator=g), target=torch.randn(5, generator=g), rng=rng)
+
+
+def test_random_is_seeded_and_distinct():
+    a, b, c = RandomSelector()(ctx(), 10), RandomSelector()(ctx(), 10), RandomSelector()(ctx(rng=1), 10)
+    assert a.indices.tolist() == b.indices.tolist() != c.indices.tolist()
+    assert len(set(a.indices.tolist())) == 10
+
+
+def test_likelihood_picks_most_confident():
+    c = ctx()
+    idx = LikelihoodSelector()(c, 5).indices
+    assert set(idx.tolist()) == set(torch.topk(c.logp_f, 5).indices.tolist())
+
+
+def test_likelihood_ratio_picks_largest_gain():
+    c = ctx()
+    idx = LikelihoodRatioSelector()(c, 5).indices
+    assert set(idx.tolist()) == set(torch.topk(c.logp_f - c.logp_0, 5).indices.tolist())
+
+
+def test_topk_scores_each_example_alone():
+    c = ctx()
+    cos = torch.nn.functional.cosine_similarity(c.grads.double(), c.target.double()[None, None], dim=-1).mean(0)
+    assert set(TopKSelector()(c, 4).indices.tolist()) == set(torch.topk(cos, 4).indices.tolist())
+
+
+def test_expert_draws_from_the_true_data_and_caps_at_its_size():
+    sel = ExpertSelector()(ctx(), 5)
+    assert sel.source == "true" and len(sel.indices) == 5 and sel.indices.max() < 7
+    assert len(ExpertSelector()(ctx(), 50).indices) == 7  # k beyond the true data: all of it
+
+
+@pytest.mark.parametrize("cls", [RandomSelector, LikelihoodSelector, LikelihoodRatioSelector, TopKSelector, SelectSelector])
+def test_k_larger_than_corpus_or_nonpositive_is_a_user_error(cls):
+    with pytest.raises(UserError, match="larger than the seed corpus"):
+        cls()(ctx(N=20), 21)
+    with pytest.raises(UserError, match="positive"):
+        cls()(ctx(N=20), 0)
