@@ -28,6 +28,16 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("asset", lambda name: str(assets / name))
 
 
+def quiet_libraries() -> None:
+    """Lightning repeats the same device banner for every fit/predict call; keep warnings only."""
+    for name in ("lightning.pytorch", "lightning.fabric", "transformers.modeling_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
 def make_logger(cfg: DictConfig, out_dir: Path):
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
@@ -59,6 +69,7 @@ def print_table(res: dict) -> None:
 def main(cfg: DictConfig) -> None:
     from src.pipeline import run  # heavy imports only once a run really starts
 
+    quiet_libraries()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = None
     try:

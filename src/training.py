@@ -97,11 +97,17 @@ def predict(model, tokenizer, texts, fn: Callable, *, batch_size: int, max_lengt
     if len(texts) == 0:
         return {}
     model.eval()
-    loader = make_loader(tokenizer, texts, labels, batch_size=batch_size, max_length=max_length)
+    # Batches of similar length waste less compute on padding; outputs are put back in input order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    loader = make_loader(tokenizer, [texts[i] for i in order],
+                         None if labels is None else [int(labels[i]) for i in order],
+                         batch_size=batch_size, max_length=max_length)
     # Predictions come back in order on one device; the multi-device pass writes per-rank shards instead.
     trainer = build_trainer(trainer_cfg, devices=1, strategy="auto", num_nodes=1)
     outs = trainer.predict(ForwardModule(model, fn), loader)
-    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order)] = torch.arange(len(order))
+    return {k: torch.cat([o[k] for o in outs])[inverse] for k in outs[0]}
 
 
 def logits_fn(model, batch):

@@ -1,0 +1,86 @@
+"""Quality benchmark: the embedded task over several random seeds, mean ± std per selector.
+
+    python -m src.bench --seeds 0 1 2 [hydra overrides ...]
+
+Each seed is a full run (θf, seed-corpus sample, projections, retraining all re-seeded);
+upstream stages are cached, so a repeated benchmark only redoes selection and retraining.
+Also prints the autolabel class balance of each selector's picks, so a selector that
+collapses onto one class shows it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """Rows of runs (one results.json each) → one row per selector with mean and std."""
+    by_sel: dict[str, list[dict]] = {}
+    for res in results:
+        for r in res["results"]:
+            by_sel.setdefault(r["selector"], []).append(r)
+    rows = []
+    for name, rs in by_sel.items():
+        row = {"selector": name, "n": len(rs)}
+        for m in ("accuracy", "ot_distance"):
+            vals = [r[m] for r in rs]
+            row[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        classes = rs[0]["class_balance"].keys()
+        row["class_balance"] = {c: statistics.mean(r["class_balance"][c] for r in rs) for c in classes}
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], reference: dict | None = None) -> str:
+    lines = [f"{'selector':<18} {'accuracy':>17} {'OT distance':>17}  class balance of picks (mean)"]
+    for r in rows:
+        (am, asd), (om, osd) = r["accuracy"], r["ot_distance"]
+        bal = " ".join(f"{c.split('.')[-1]}:{v:.2f}" for c, v in r["class_balance"].items())
+        lines.append(f"{r['selector']:<18} {am:>9.4f} ± {asd:.4f} {om:>9.4f} ± {osd:.4f}  {bal}")
+    if reference:
+        lines.append("reference: " + ", ".join(f"{k} {v[0]:.4f} ± {v[1]:.4f}" for k, v in reference.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="outputs/bench")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. k=200 d=512")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from src.main import register_resolvers
+    from src.pipeline import run
+
+    register_resolvers()
+    out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    results = []
+    for s in args.seeds:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["logger=none", f"rng={s}", *args.overrides])
+        t0 = time.perf_counter()
+        res = run(cfg, out / f"rng{s}")
+        res["wall_s"] = time.perf_counter() - t0
+        (out / f"rng{s}" / "results.json").write_text(json.dumps(res, indent=2))
+        results.append(res)
+        print(f"rng={s}: done in {res['wall_s']:.0f}s", flush=True)
+    rows = aggregate(results)
+    ref = {k: (statistics.mean(r["reference"][k] for r in results),
+               statistics.stdev(r["reference"][k] for r in results) if len(results) > 1 else 0.0)
+           for k in results[0]["reference"]}
+    table = format_table(rows, ref)
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "reference": ref, "seeds": args.seeds}, indent=2))
+    (out / "summary.txt").write_text(table + "\n")
+    print(f"\n{len(args.seeds)} seeds, overrides {args.overrides or 'none'}; written to {out}\n{table}")
+
+
+if __name__ == "__main__":
+    main()
