@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
+from src.tracking import finish, log_run, make_logger
 
 log = logging.getLogger("src.main")
 
@@ -36,18 +37,6 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
-
-
-def make_logger(cfg: DictConfig, out_dir: Path):
-    if not cfg.get("logger") or "_target_" not in cfg.logger:
-        return None
-    from hydra.utils import instantiate
-
-    hc = HydraConfig.get()
-    group = cfg.logger.get("group") or (Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None)
-    logger = instantiate(cfg.logger, save_dir=str(out_dir), name=out_dir.name, group=group)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    return logger
 
 
 def print_table(res: dict) -> None:
@@ -76,18 +65,14 @@ def main(cfg: DictConfig) -> None:
         logger = make_logger(cfg, out_dir)
         res = run(cfg, out_dir, logger=logger)
         (out_dir / "results.json").write_text(json.dumps(res, indent=2))
-        if logger is not None:
-            logger.log_metrics({f"{r['selector']}/{m}": r[m] for r in res["results"] for m in ("accuracy", "ot_distance")})
+        log_run(logger, res, out_dir)  # timings, metrics, results table, selections artifact
         print_table(res)
         log.info("results written to %s", out_dir / "results.json")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if logger is not None:  # a crashed run must not leave a W&B process hanging a multirun
-            import wandb
-
-            wandb.finish()
+        finish(logger)  # a crashed run must not leave a W&B process hanging a multirun
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -19,7 +18,7 @@ from src.errors import UserError, did_you_mean
 from src.metrics import Embedder, ot_distance
 from src.selectors.base import SelectionContext, Selector, check_k
 from src.stages import autolabel, gradients, load_data, load_models, to_plain
-from src.training import accuracy, fit_classifier
+from src.tasks import get_task
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -65,12 +64,11 @@ def validate(cfg) -> None:
         raise UserError(f"P (number of synthetic checkpoints) must be >= 1, got P={cfg.P}")
     if int(cfg.k) <= 0:
         raise UserError(f"k (selection size) must be positive, got k={cfg.k}")
-    if cfg.task != "classification":
-        raise UserError(f"task '{cfg.task}' is not supported by this version (supported: classification)")
 
 
 def run(cfg, out_dir: Path, logger=None) -> dict:
     validate(cfg)
+    task = get_task(cfg)
     timer = Timer()
     selectors = build_selectors(cfg)
     with timer("data"):
@@ -78,49 +76,55 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
     if any(s.name != "expert" for s in selectors.values()):
         check_k(cfg.k, len(data.seed))
     with timer("models"):
-        pair = load_models(cfg, data)
+        pair = load_models(cfg, data, task)
     with timer("autolabel"):
-        labels = autolabel(cfg, pair, data)
+        labels = autolabel(cfg, pair, data, task)
     grads = target = None
     if any(s.needs_gradients for s in selectors.values()):
         with timer("gradients"):
-            grads, target = gradients(cfg, pair, data, labels)
-    ctx = SelectionContext(n_seed=len(data.seed), labels=labels.labels, logp_f=labels.logp_f, logp_0=labels.logp_0,
-                           n_true=len(data.task.train), grads=grads, target=target, rng=cfg.rng)
+            grads, target = gradients(cfg, pair, data, labels, task)
+    ctx = SelectionContext(n_seed=len(data.seed), labels=labels.get("labels"), logp_f=labels["logp_f"],
+                           logp_0=labels["logp_0"], n_true=len(data.task.train), grads=grads, target=target,
+                           rng=cfg.rng)
 
-    test, ev = data.task.test, dict(batch_size=cfg.retrain.eval_batch_size, max_length=cfg.model.max_length,
-                                    trainer_cfg=cfg.trainer)
+    test = data.task.test
     with timer("eval/reference"):
-        reference = {"theta0_accuracy": accuracy(pair.load(0.0), pair.tokenizer, test["text"], test["label"], **ev),
-                     "thetaf_accuracy": accuracy(pair.load(1.0), pair.tokenizer, test["text"], test["label"], **ev)}
+        reference = {f"theta0_{k}": v for k, v in task.evaluate(pair.load(0.0), pair.tokenizer, test).items()}
+        reference.update({f"thetaf_{k}": v for k, v in task.evaluate(pair.load(1.0), pair.tokenizer, test).items()})
     with timer("embed/true"):
         embedder = Embedder(cfg.embedder.name_or_path, cfg.embedder.batch_size, cfg.embedder.max_length)
-        true_texts = data.task.train["text"][: cfg.ot.max_true]
-        true_emb = embedder(true_texts)
-
-    rows, n_cls = [], len(data.task.classes)
+        true_emb = embedder(task.ot_texts(task.true_examples(data.task.train, range(min(cfg.ot.max_true,
+                                                                                       len(data.task.train))))))
+    rows = []
     sel_dir = out_dir / "selections"
     sel_dir.mkdir(parents=True, exist_ok=True)
     for name, selector in selectors.items():
         with timer(f"{name}/select"):
             sel = selector(ctx, cfg.k)
         idx = sel.indices.tolist()
-        if sel.source == "true":
-            texts, y = [data.task.train["text"][i] for i in idx], [data.task.train["label"][i] for i in idx]
-        else:
-            texts, y = [data.seed["text"][i] for i in idx], labels.labels[sel.indices].tolist()
+        examples = (task.true_examples(data.task.train, idx) if sel.source == "true"
+                    else task.seed_examples(data.seed, labels, idx))
         with timer(f"{name}/retrain"):
-            model = fit_classifier(pair.fresh(0.0), pair.tokenizer, texts, y, cfg.retrain, cfg.trainer,
-                                   rng=cfg.rng, logger=logger or False, prefix=f"retrain/{name}")
+            model = task.train(pair.fresh(0.0), pair.tokenizer, examples, cfg.retrain, prefix=f"retrain/{name}",
+                               logger=logger or False)
         with timer(f"{name}/eval"):
-            acc = accuracy(model, pair.tokenizer, test["text"], test["label"], **ev)
-            otd = ot_distance(embedder(texts), true_emb, cfg.ot.method, cfg.ot.reg)
-        balance = (torch.bincount(torch.as_tensor(y), minlength=n_cls).float() / len(y)).tolist()
-        rows.append({"selector": name, "k": len(idx), "d": cfg.d, "P": cfg.P, "rng": cfg.rng, "accuracy": acc,
-                     "ot_distance": otd, "class_balance": dict(zip(data.task.classes, balance)), **sel.info})
+            metrics = task.evaluate(model, pair.tokenizer, test)
+            otd = ot_distance(embedder(task.ot_texts(examples)), true_emb, cfg.ot.method, cfg.ot.reg)
+        pool = data.task.train if sel.source == "true" else data.seed
+        rows.append({"selector": name, "k": len(idx), "d": cfg.d, "P": cfg.P, "rng": cfg.rng, **metrics,
+                     "ot_distance": otd, "class_balance": task.composition(examples, data.task),
+                     "groups": _groups(pool, idx), **sel.info})
         (sel_dir / f"{name}.json").write_text(json.dumps({"source": sel.source, "indices": idx,
-                                                           "ids": [data.seed["id"][i] for i in idx]
-                                                           if sel.source == "seed" else None}))
-        log.info("%s: accuracy %.4f, OT distance %.4f", name, acc, otd)
-    return {"config": to_plain(cfg), "results": rows, "reference": reference, "timings": dict(timer),
-            "n_seed": len(data.seed), "n_true": len(data.task.train), "classes": data.task.classes}
+                                                           "ids": [pool["id"][i] for i in idx]}))
+        log.info("%s: %s, OT distance %.4f", name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), otd)
+    return {"config": to_plain(cfg), "task": task.name, "metric": task.metric, "results": rows,
+            "reference": reference, "timings": dict(timer), "n_seed": len(data.seed),
+            "n_true": len(data.task.train), "classes": data.task.classes}
+
+
+def _groups(pool, idx) -> dict | None:
+    """Share of each source group (e.g. WordNet lexicographer file) among the picks, when the data has one."""
+    if "group" not in pool.column_names:
+        return None
+    groups = [pool["group"][i] for i in idx]
+    return {g: groups.count(g) / len(groups) for g in sorted(set(groups))}

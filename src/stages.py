@@ -2,7 +2,9 @@
 
 data ──► models (θ0, θf) ──► autolabel ──► gradients (+ target)
 
-A sweep that changes only the selector or k finds all of these in ``cache_dir``.
+Task-specific work (how to build θ0, label, differentiate) is delegated to a task object
+(``src.tasks``); caching, checksums and the gradient store live here. A sweep that changes
+only the selector or k finds all of these in ``cache_dir``.
 """
 from __future__ import annotations
 
@@ -19,10 +21,9 @@ from safetensors.torch import load_file, save
 from src.cache import atomic_write_bytes, atomic_write_json, file_sha256, stable_hash, text_fingerprint
 from src.data.loading import TaskData, load_seed, load_task
 from src.errors import UserError
-from src.gradients.classification import gradient_pass, projected_target
-from src.models import ModelPair, build_classifier, check_compatible, checkpoint_alphas, load_finetuned, load_tokenizer
+from src.gradients.runner import gradient_pass
+from src.models import ModelPair, check_compatible, checkpoint_alphas
 from src.store import ShardStore
-from src.training import fit_classifier, logits_fn, predict
 
 log = logging.getLogger(__name__)
 
@@ -30,103 +31,93 @@ log = logging.getLogger(__name__)
 @dataclass
 class Data:
     task: TaskData
-    seed: object  # datasets.Dataset with text, id
+    seed: object  # datasets.Dataset with text, id (and prompt for SFT)
 
 
 def load_data(cfg) -> Data:
-    task = load_task(cfg.dataset, cfg.rng)
+    task = load_task(cfg.dataset, cfg.rng, cfg.task)
     exclude = set(task.train["id"]) | set(task.test["id"]) if cfg.seed.get("exclude_true") else set()
     seed = load_seed(cfg.seed, cfg.rng, exclude)
-    log.info("data: %d true train / %d test examples in %d classes; seed corpus %d examples",
-             len(task.train), len(task.test), len(task.classes), len(seed))
+    log.info("data: %d true train / %d test examples; seed corpus %d examples",
+             len(task.train), len(task.test), len(seed))
     return Data(task, seed)
 
 
-def _cached_tensors(path: Path, compute, what: str) -> dict[str, torch.Tensor]:
-    """Load a checksummed safetensors file, or compute and write it. A bad file is recomputed."""
+def cached(path: Path, compute, what: str) -> dict:
+    """Load a checksummed safetensors file (+ JSON extras), or compute and write it.
+
+    ``compute`` returns tensors, plus optional non-tensor values (e.g. generated texts) kept in
+    the sidecar JSON. A file whose checksum does not match is recomputed, never used.
+    """
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         try:
-            if json.loads(meta.read_text())["sha256"] == file_sha256(path):
+            m = json.loads(meta.read_text())
+            if m["sha256"] == file_sha256(path):
                 log.info("%s: reusing %s", what, path)
-                return load_file(path)
+                return {**load_file(path), **m.get("extra", {})}
         except (OSError, KeyError, json.JSONDecodeError):
             pass
         log.warning("%s: cache file %s is corrupt or incomplete, recomputing", what, path)
     out = compute()
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in out.items()}))
-    atomic_write_json(meta, {"sha256": file_sha256(path), "what": what})
+    tensors = {k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}
+    extra = {k: v for k, v in out.items() if not isinstance(v, torch.Tensor)}
+    atomic_write_bytes(path, save(tensors))
+    atomic_write_json(meta, {"sha256": file_sha256(path), "what": what, "extra": extra})
     return out
 
 
-def load_models(cfg, data: Data) -> ModelPair:
-    """θ0 (base + head seeded by rng) and θf (given, or finetuned on the true data and cached)."""
-    n_cls = len(data.task.classes)
-    tok = load_tokenizer(cfg.model)
-    model = build_classifier(cfg.model, n_cls, head_seed=cfg.rng)
+def load_models(cfg, data: Data, task) -> ModelPair:
+    """θ0 (from the task) and θf (given by path, or finetuned on the true data and cached)."""
+    model, tok = task.build_base(data.task)
     state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if cfg.model.get("finetuned"):
-        statef = load_finetuned(cfg.model.finetuned, n_cls).state_dict()
-        key = stable_hash("given", cfg.model.finetuned)
+        statef = task.load_finetuned(cfg.model.finetuned, data.task).state_dict()
+        key = stable_hash("given", cfg.model.finetuned, cfg.rng)
     else:
-        key = stable_hash("thetaf", cfg.model, cfg.dataset, cfg.finetune, cfg.rng)
+        key = stable_hash("thetaf", cfg.task, cfg.model, cfg.dataset, cfg.finetune, cfg.rng)
 
         def finetune():
             log.info("models: finetuning θ0 on %d true examples to make θf (cached as %s)", len(data.task.train), key)
-            m = build_classifier(cfg.model, n_cls, head_seed=cfg.rng)
-            fit_classifier(m, tok, data.task.train["text"], data.task.train["label"], cfg.finetune, cfg.trainer,
-                           rng=cfg.rng, prefix="finetune")
+            m, _ = task.build_base(data.task)
+            task.train(m, tok, task.true_examples(data.task.train), cfg.finetune, prefix="finetune")
             return {k: v.detach().clone() for k, v in m.state_dict().items()}
 
-        statef = _cached_tensors(Path(cfg.cache_dir) / "thetaf" / f"{key}.safetensors", finetune, "θf")
+        statef = cached(Path(cfg.cache_dir) / "thetaf" / f"{key}.safetensors", finetune, "θf")
     check_compatible(state0, statef)
     return ModelPair(model=model, tokenizer=tok, state0=state0, statef=statef, head_name=cfg.model.head, key=key)
 
 
-@dataclass
-class Autolabels:
-    labels: torch.Tensor  # [N] argmax class under θf
-    logp_f: torch.Tensor  # [N] log p_θf(label | x)
-    logp_0: torch.Tensor  # [N] log p_θ0(label | x)
-    key: str
-
-
-def autolabel(cfg, pair: ModelPair, data: Data) -> Autolabels:
-    texts = data.seed["text"]
+def autolabel(cfg, pair: ModelPair, data: Data, task) -> dict:
+    """θf's labels (or generated responses) for the seed corpus, with log-likelihoods under θf and θ0."""
     # The texts' fingerprint, not the config, pins the corpus: exclusion and sampling happen before this.
-    key = stable_hash("autolabel", pair.key, cfg.model.max_length, text_fingerprint(texts))
-
-    def compute():
-        kw = dict(batch_size=cfg.gradient.batch_size, max_length=cfg.model.max_length, trainer_cfg=cfg.trainer)
-        lf = predict(pair.load(1.0), pair.tokenizer, texts, logits_fn, **kw)["logits"].log_softmax(-1)
-        l0 = predict(pair.load(0.0), pair.tokenizer, texts, logits_fn, **kw)["logits"].log_softmax(-1)
-        y = lf.argmax(-1)
-        return {"labels": y, "logp_f": lf.gather(1, y[:, None])[:, 0], "logp_0": l0.gather(1, y[:, None])[:, 0]}
-
-    out = _cached_tensors(Path(cfg.cache_dir) / "autolabel" / f"{key}.safetensors", compute, "autolabel")
-    counts = torch.bincount(out["labels"], minlength=len(data.task.classes)).tolist()
-    log.info("autolabel: class counts on the seed corpus %s", dict(zip(data.task.classes, counts)))
-    return Autolabels(out["labels"].long(), out["logp_f"], out["logp_0"], key)
+    key = stable_hash("autolabel", cfg.task, pair.key, cfg.model.max_length, cfg.get("generation"),
+                      text_fingerprint(data.seed["text"]))
+    out = cached(Path(cfg.cache_dir) / "autolabel" / f"{key}.safetensors", lambda: task.autolabel(pair, data.seed),
+                 "autolabel")
+    out["key"] = key
+    log.info("autolabel: %s", task.describe_autolabels(out, data.task))
+    return out
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def gradients(cfg, pair: ModelPair, data: Data, labels: Autolabels) -> tuple[torch.Tensor, torch.Tensor]:
+def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected last-layer gradients at θ̂_1..θ̂_P ([P, N, d]) and the projected target ([d])."""
-    in_dim = pair.head_delta().numel()
-    projector = instantiate(cfg.projector)(in_dim=in_dim, d=cfg.d)
     if cfg.gradient.store_dtype not in _DTYPES:
         raise UserError(f"gradient.store_dtype must be one of {sorted(_DTYPES)}")
+    projector = task.make_projector(pair) if hasattr(task, "make_projector") else \
+        instantiate(cfg.projector)(in_dim=task.gradient_dim(pair), d=cfg.d)
     alphas = checkpoint_alphas(cfg.P)
-    store_cfg = {"autolabel": labels.key, "alphas": alphas, "projector": projector.describe(),
+    store_cfg = {"autolabel": labels["key"], "alphas": alphas, "projector": projector.describe(),
                  "head": cfg.model.head, "dtype": cfg.gradient.store_dtype}
     root = Path(cfg.cache_dir) / "grads" / stable_hash(store_cfg)
     store = ShardStore(root, store_cfg, n_rows=len(data.seed), shard_size=cfg.gradient.shard_size)
-    G = gradient_pass(pair, data.seed["text"], labels.labels, projector, alphas, store,
-                      batch_size=cfg.gradient.batch_size, max_length=cfg.model.max_length,
-                      trainer_cfg=cfg.trainer, store_dtype=_DTYPES[cfg.gradient.store_dtype])
-    return G, projected_target(pair, projector)
+    fn = task.gradient_fn(pair, projector)
+    G = gradient_pass(pair, alphas, store, lambda rows: task.gradient_batch(pair, fn, data.seed, labels, rows),
+                      store_dtype=_DTYPES[cfg.gradient.store_dtype])
+    return G, task.projected_target(pair, projector)
 
 
 def to_plain(cfg) -> dict:

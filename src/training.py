@@ -16,19 +16,24 @@ from torch.utils.data import DataLoader
 log = logging.getLogger(__name__)
 
 
-def make_loader(tokenizer, texts, labels=None, *, batch_size: int, max_length: int,
-                shuffle: bool = False, seed: int = 0) -> DataLoader:
-    rows = list(range(len(texts)))
+def text_collate(tokenizer, max_length: int):
+    """Items are (text, label-or-None) pairs; labels, when present, go in ``batch["labels"]``."""
 
-    def collate(idx):
-        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                        max_length=max_length, return_tensors="pt")
-        if labels is not None:
-            enc["labels"] = torch.as_tensor([int(labels[i]) for i in idx])
+    def collate(items):
+        enc = tokenizer([t for t, _ in items], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        if items and items[0][1] is not None:
+            enc["labels"] = torch.as_tensor([int(y) for _, y in items])
         return dict(enc)
 
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+    return collate
+
+
+def make_loader(tokenizer, texts, labels=None, *, batch_size: int, max_length: int,
+                shuffle: bool = False, seed: int = 0) -> DataLoader:
+    items = list(zip(texts, labels if labels is not None else [None] * len(texts)))
+    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=text_collate(tokenizer, max_length),
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def build_trainer(cfg, logger=False, **overrides) -> L.Trainer:
@@ -92,22 +97,28 @@ class ForwardModule(L.LightningModule):
             return {k: v.float().cpu() for k, v in self.fn(self.model, batch).items()}
 
 
-def predict(model, tokenizer, texts, fn: Callable, *, batch_size: int, max_length: int, trainer_cfg, labels=None):
-    """Apply ``fn`` to every batch of ``texts`` (in order) and concatenate its outputs."""
-    if len(texts) == 0:
+def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_size: int, trainer_cfg,
+                length: Callable = lambda item: len(item[0])) -> dict:
+    """Apply ``fn`` to every batch of ``items`` and concatenate its outputs, in input order."""
+    if len(items) == 0:
         return {}
     model.eval()
     # Batches of similar length waste less compute on padding; outputs are put back in input order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    loader = make_loader(tokenizer, [texts[i] for i in order],
-                         None if labels is None else [int(labels[i]) for i in order],
-                         batch_size=batch_size, max_length=max_length)
-    # Predictions come back in order on one device; the multi-device pass writes per-rank shards instead.
+    order = sorted(range(len(items)), key=lambda i: length(items[i]))
+    loader = DataLoader([items[i] for i in order], batch_size=batch_size, collate_fn=collate)
+    # One device, predictions returned in order; a multi-device pass would write per-rank shards instead.
     trainer = build_trainer(trainer_cfg, devices=1, strategy="auto", num_nodes=1)
     outs = trainer.predict(ForwardModule(model, fn), loader)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.as_tensor(order)] = torch.arange(len(order))
     return {k: torch.cat([o[k] for o in outs])[inverse] for k in outs[0]}
+
+
+def predict(model, tokenizer, texts, fn: Callable, *, batch_size: int, max_length: int, trainer_cfg, labels=None):
+    """``run_predict`` over plain texts (and optional integer labels)."""
+    items = list(zip(texts, [int(y) for y in labels] if labels is not None else [None] * len(texts)))
+    return run_predict(model, items, text_collate(tokenizer, max_length), fn, batch_size=batch_size,
+                       trainer_cfg=trainer_cfg)
 
 
 def logits_fn(model, batch):

@@ -12,14 +12,14 @@ pytestmark = pytest.mark.slow
 
 
 def main(*args, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "W2D_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "W2D_CACHE_DIR": str(tmp_path / "cache")}
     return subprocess.run([sys.executable, "-m", "src.main", *TINY, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
 def test_end_to_end_prints_table_and_writes_results(tmp_path):
     run_dir = tmp_path / "run"
-    p = main(f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    p = main(f"hydra.run.dir={run_dir}", "logger=wandb", tmp_path=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((run_dir / "results.json").read_text())
     names = [r["selector"] for r in res["results"]]
@@ -27,6 +27,8 @@ def test_end_to_end_prints_table_and_writes_results(tmp_path):
     for name in names:
         assert name in p.stdout  # the printed comparison table
     assert "OT distance" in p.stdout
+    # W&B through Lightning, offline: the run's history is on disk for `wandb sync`.
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
     # Bad input afterwards, into the same output folder: one line on stderr, exit 2, results untouched.
     before = (run_dir / "results.json").read_bytes()

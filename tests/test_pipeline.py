@@ -71,11 +71,38 @@ def test_finetuned_model_with_other_shapes_is_rejected(tiny_cfg, tmp_path):
 
 def test_given_finetuned_model_is_used_as_theta_f(tiny_cfg, tmp_path):
     from src.stages import load_data, load_models
+    from src.tasks import get_task
 
     cfg = tiny_cfg()
     data = load_data(cfg)
-    pair = load_models(cfg, data)  # θf made by finetuning
+    pair = load_models(cfg, data, get_task(cfg))  # θf made by finetuning
     pair.load(1.0).save_pretrained(tmp_path / "thetaf")
-    given = load_models(tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}"), data)
+    cfg2 = tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}")
+    given = load_models(cfg2, data, get_task(cfg2))
     for k, v in pair.statef.items():
         torch.testing.assert_close(given.statef[k], v)
+
+
+def test_gradient_stage_resumes_and_never_reuses_a_corrupt_shard(tiny_cfg, tmp_path, caplog):
+    from src.stages import autolabel, gradients, load_data, load_models
+    from src.tasks import get_task
+
+    cfg = tiny_cfg()
+    task = get_task(cfg)
+    data = load_data(cfg)
+    pair = load_models(cfg, data, task)
+    labels = autolabel(cfg, pair, data, task)
+    G, t = gradients(cfg, pair, data, labels, task)
+    assert G.shape == (2, 60, 16) and t.shape == (16,)
+    store = next((tmp_path / "cache" / "grads").iterdir())
+    (store / "ckpt1-00001.safetensors").unlink()              # as if killed before this shard
+    with open(store / "ckpt2-00000.safetensors", "r+b") as f:  # a flipped byte
+        f.seek(-5, 2)
+        f.write(b"\xff")
+    with caplog.at_level(logging.INFO):
+        G2, t2 = gradients(cfg, pair, data, labels, task)
+    assert "checkpoint 1/2 (alpha=0.500): 1 of 2 shards computed" in caplog.text
+    assert "checkpoint 2/2 (alpha=1.000): 1 of 2 shards computed" in caplog.text
+    assert "missing or corrupt" in caplog.text
+    torch.testing.assert_close(G2, G, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(t2, t)

@@ -25,6 +25,19 @@ def _builder_for(path: str) -> str | None:
     return _BUILDERS.get(suffixes[-1]) if suffixes else None
 
 
+def _has_no_rows(path: str) -> bool:
+    """A local file with nothing but (at most) a header line: datasets fails on it with an obscure error."""
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt") as f:
+            lines = [line for _, line in zip(range(2), f) if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return len(lines) <= (1 if _builder_for(path) == "csv" else 0)
+
+
 def load_table(cfg, what: str) -> datasets.DatasetDict:
     """Load every split a config names. ``what`` names the config in error messages."""
     path = str(cfg.path)
@@ -41,6 +54,8 @@ def load_table(cfg, what: str) -> datasets.DatasetDict:
     try:
         return datasets.load_dataset(**kwargs)
     except Exception as e:  # datasets raises many types for 'offline' / 'not found'
+        if builder is not None and _has_no_rows(path):
+            raise UserError(f"{what} file {path} is empty (no data rows)") from e
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(
             f"could not load {what} '{path}' via datasets.load_dataset ({type(e).__name__}: {first}). "
@@ -49,25 +64,52 @@ def load_table(cfg, what: str) -> datasets.DatasetDict:
         ) from e
 
 
-def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None) -> datasets.Dataset:
-    for field in [cfg.text_field] + ([cfg.label_field] if classes is not None else []):
+def _render(rows: list[dict], template: str, what: str) -> list[str]:
+    """Fill a str.format template (e.g. "{words[0]} ({lexname}):") from each row."""
+    try:
+        return [template.format(**row) for row in rows]
+    except (KeyError, IndexError) as e:
+        raise UserError(f"{what}: template {template!r} needs field {e}; fields are {list(rows[0])}") from e
+
+
+def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, sft: bool = False) -> datasets.Dataset:
+    """Rows → columns text, id (+ label for classification, + prompt/response for SFT, + group if configured)."""
+    needed = [f for f in ([cfg.get("text_field")] + ([cfg.label_field] if classes is not None and not sft else []))
+              if f and not cfg.get("prompt_template")]
+    for field in needed:
         if field not in ds.column_names:
             raise UserError(f"{what} has no field '{field}'; fields are {ds.column_names}")
+    # One conversion to Python rows: per-element access to a datasets column is slow.
+    rows = ds.to_list()
     for field, allowed in (cfg.get("include") or {}).items():
         allowed = set(allowed)
-        ds = ds.filter(lambda v: v in allowed, input_columns=field)
+        rows = [r for r in rows if r[field] in allowed]
     id_field = cfg.get("id_field")
-    cols = {"text": [str(t) for t in ds[cfg.text_field]]}
-    cols["id"] = [str(i) for i in ds[id_field]] if id_field else [f"{what}:{i}" for i in range(len(ds))]
-    if classes is not None:
-        raw = ds[cfg.label_field]
-        if classes and isinstance(raw[0], str):  # string labels: keep rows whose label is a named class
-            index = {c: i for i, c in enumerate(classes)}
+    cols = {"id": [str(r[id_field]) for r in rows] if id_field else [f"{what}:{i}" for i in range(len(rows))]}
+    if cfg.get("prompt_template"):
+        cols["prompt"] = _render(rows, cfg.prompt_template, what)
+        cols["text"] = cols["prompt"]
+    else:
+        cols["text"] = [str(r[cfg.text_field]) for r in rows]
+    if sft and cfg.get("response_template"):
+        cols["response"] = _render(rows, cfg.response_template, what)
+        cols["text"] = [p + r for p, r in zip(cols["prompt"], cols["response"])]
+    if cfg.get("group_field"):
+        cols["group"] = [str(r[cfg.group_field]) for r in rows]
+    if classes is not None and not sft:
+        raw = [r[cfg.label_field] for r in rows]
+        if raw and isinstance(raw[0], str):
+            if not classes:
+                raise UserError(f"{what}: labels in '{cfg.label_field}' are strings (e.g. {raw[0]!r}); "
+                                "list the classes to use in the config's `classes`")
+            index = {c: i for i, c in enumerate(classes)}  # keep rows whose label is a named class
             keep = [i for i, r in enumerate(raw) if r in index]
             cols = {k: [v[i] for i in keep] for k, v in cols.items()}
             cols["label"] = [index[raw[i]] for i in keep]
         else:
             cols["label"] = [int(r) for r in raw]
+            if classes and cols["label"] and not 0 <= min(cols["label"]) <= max(cols["label"]) < len(classes):
+                raise UserError(f"{what}: integer labels must lie in [0, {len(classes)}) for classes {classes}")
     return datasets.Dataset.from_dict(cols)
 
 
@@ -84,18 +126,21 @@ class TaskData:
     classes: list[str]
 
 
-def load_task(cfg, rng: int) -> TaskData:
+def load_task(cfg, rng: int, task: str = "classification") -> TaskData:
     """The hidden finetuning data and its held-out test split."""
     table = load_table(cfg, "dataset")
-    classes = list(cfg.get("classes") or [])
-    train = _normalise(table[cfg.get("train_split", "train")], cfg, "dataset", classes)
+    sft = task == "sft"
+    if sft and not (cfg.get("prompt_template") and cfg.get("response_template")):
+        raise UserError("an SFT dataset config needs prompt_template and response_template")
+    classes = [] if sft else list(cfg.get("classes") or [])
+    train = _normalise(table[cfg.get("train_split", "train")], cfg, "dataset", classes, sft)
     test_split = cfg.get("test_split")
     if test_split:
-        test = _normalise(table[test_split], cfg, "dataset", classes)
+        test = _normalise(table[test_split], cfg, "dataset", classes, sft)
     else:  # one file, no test split: a seeded split
         parts = train.train_test_split(test_size=cfg.get("test_size", 0.2), seed=rng)
         train, test = parts["train"], parts["test"]
-    if not classes:
+    if not classes and not sft:
         classes = [str(c) for c in sorted(set(train["label"]) | set(test["label"]))]
     train, test = _sample(train, cfg.get("n_train"), rng), _sample(test, cfg.get("n_test"), rng + 1)
     if len(train) == 0 or len(test) == 0:

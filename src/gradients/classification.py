@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from src.gradients.head import head_grads
-from src.store import ShardStore
-from src.training import predict
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +45,6 @@ def projected_head_grads_fn(head_name: str, projector, bias: bool):
         return {"g": projector.project(g), "logits": logits}
 
     return fn
-
-
-def gradient_pass(pair, texts: list[str], labels: torch.Tensor, projector, alphas: list[float], store: ShardStore,
-                  *, batch_size: int, max_length: int, trainer_cfg, store_dtype=torch.float32) -> torch.Tensor:
-    """Projected per-example head gradients at each θ̂_j: [P, N, d], resumable shard by shard."""
-    bias = pair.head.bias is not None
-    fn = projected_head_grads_fn(pair.head_name, projector, bias)
-    for j, alpha in enumerate(alphas, start=1):
-        loaded = []
-
-        def compute(rows, alpha=alpha, loaded=loaded):
-            if not loaded:  # swap weights in only if some shard of this checkpoint is missing
-                pair.load(alpha)
-                loaded.append(True)
-            out = predict(pair.model, pair.tokenizer, [texts[i] for i in rows], fn, batch_size=batch_size,
-                          max_length=max_length, trainer_cfg=trainer_cfg, labels=labels[rows.start:rows.stop])
-            return {"g": out["g"].to(store_dtype), "logits": out["logits"]}
-
-        n = store.fill(f"ckpt{j}", compute)
-        log.info("gradient pass: checkpoint %d/%d (alpha=%.3f): %d of %d shards computed, rest from cache",
-                 j, len(alphas), alpha, n, store.n_shards)
-    return torch.stack([store.load(f"ckpt{j}")["g"].float() for j in range(1, len(alphas) + 1)])
 
 
 def projected_target(pair, projector) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""The project's own small causal base LM (GPT-2 architecture, pretrained offline on WordNet text)."""

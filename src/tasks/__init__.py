@@ -1,0 +1,22 @@
+"""Tasks: what differs between classification and SFT, behind one small interface.
+
+A task says how to build θ0, train a model on examples, autolabel the seed corpus,
+compute projected last-layer gradients and evaluate. Everything else (caching, the
+gradient store, selectors, OT distance, results) is shared by ``src.stages`` and
+``src.pipeline``. ``get_task(cfg)`` is the registry.
+"""
+from __future__ import annotations
+
+from src.errors import UserError, did_you_mean
+
+TASKS = {"classification": "src.tasks.classification:ClassificationTask", "sft": "src.tasks.sft:SFTTask"}
+
+
+def get_task(cfg):
+    name = cfg.task
+    if name not in TASKS:
+        raise UserError(f"Unknown task '{name}'.{did_you_mean(name, TASKS)}")
+    module, cls = TASKS[name].split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), cls)(cfg)

@@ -1,0 +1,84 @@
+"""Classification: θf's argmax class is the autolabel; the last layer is the classifier head;
+the metric is test accuracy."""
+from __future__ import annotations
+
+import torch
+
+from src.gradients.classification import projected_head_grads_fn, projected_target
+from src.models import build_classifier, load_finetuned, load_tokenizer
+from src.training import accuracy, fit_classifier, logits_fn, predict
+
+
+class ClassificationTask:
+    name = "classification"
+    metric, higher_is_better = "accuracy", True
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    # -- models -------------------------------------------------------------------
+    def build_base(self, data):
+        """θ0: the base model with a new head seeded by ``rng`` (θf is finetuned from exactly this)."""
+        return build_classifier(self.cfg.model, len(data.classes), head_seed=self.cfg.rng), load_tokenizer(self.cfg.model)
+
+    def load_finetuned(self, path, data):
+        return load_finetuned(path, len(data.classes))
+
+    def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False):
+        return fit_classifier(model, tokenizer, examples["text"], examples["label"], ft, self.cfg.trainer,
+                              rng=self.cfg.rng, logger=logger, prefix=prefix)
+
+    # -- examples -----------------------------------------------------------------
+    @staticmethod
+    def true_examples(ds, idx=None) -> dict:
+        idx = range(len(ds)) if idx is None else idx
+        return {"text": [ds["text"][i] for i in idx], "label": [int(ds["label"][i]) for i in idx]}
+
+    @staticmethod
+    def seed_examples(seed, autolabels: dict, idx) -> dict:
+        return {"text": [seed["text"][i] for i in idx], "label": autolabels["labels"][torch.as_tensor(idx)].tolist()}
+
+    @staticmethod
+    def ot_texts(examples: dict) -> list[str]:
+        return examples["text"]
+
+    def composition(self, examples: dict, data) -> dict:
+        """Share of each class among the training labels: shows a selector collapsing onto one class."""
+        counts = torch.bincount(torch.as_tensor(examples["label"]), minlength=len(data.classes)).float()
+        return dict(zip(data.classes, (counts / max(1, len(examples["label"]))).tolist()))
+
+    # -- autolabel ------------------------------------------------------------------
+    def autolabel(self, pair, seed) -> dict:
+        texts = seed["text"]
+        kw = dict(batch_size=self.cfg.gradient.batch_size, max_length=self.cfg.model.max_length,
+                  trainer_cfg=self.cfg.trainer)
+        lf = predict(pair.load(1.0), pair.tokenizer, texts, logits_fn, **kw)["logits"].log_softmax(-1)
+        l0 = predict(pair.load(0.0), pair.tokenizer, texts, logits_fn, **kw)["logits"].log_softmax(-1)
+        y = lf.argmax(-1)
+        return {"labels": y, "logp_f": lf.gather(1, y[:, None])[:, 0], "logp_0": l0.gather(1, y[:, None])[:, 0]}
+
+    def describe_autolabels(self, autolabels: dict, data) -> str:
+        counts = torch.bincount(autolabels["labels"], minlength=len(data.classes)).tolist()
+        return f"class counts on the seed corpus {dict(zip(data.classes, counts))}"
+
+    # -- gradients ------------------------------------------------------------------
+    def gradient_dim(self, pair) -> int:
+        return pair.head_delta().numel()
+
+    def gradient_fn(self, pair, projector):
+        return projected_head_grads_fn(pair.head_name, projector, bias=pair.head.bias is not None)
+
+    def gradient_batch(self, pair, fn, seed, autolabels: dict, rows: range) -> dict:
+        return predict(pair.model, pair.tokenizer, [seed["text"][i] for i in rows], fn,
+                       batch_size=self.cfg.gradient.batch_size, max_length=self.cfg.model.max_length,
+                       trainer_cfg=self.cfg.trainer, labels=autolabels["labels"][rows.start:rows.stop])
+
+    @staticmethod
+    def projected_target(pair, projector):
+        return projected_target(pair, projector)
+
+    # -- evaluation -----------------------------------------------------------------
+    def evaluate(self, model, tokenizer, test) -> dict:
+        acc = accuracy(model, tokenizer, test["text"], test["label"], batch_size=self.cfg.retrain.eval_batch_size,
+                       max_length=self.cfg.model.max_length, trainer_cfg=self.cfg.trainer)
+        return {"accuracy": acc}

@@ -1,0 +1,89 @@
+"""Experiment tracking for a run: a Lightning logger (W&B by default) and what a finished run logs.
+
+W&B is offline unless ``WANDB_MODE=online`` (conf/logger/wandb.yaml reads it; the default here too), so
+nothing needs network; ``wandb sync <run>/wandb/offline-run-*`` uploads later. The runs of one Hydra
+multirun share a W&B group: the sweep folder's name.
+
+A finished run logs, to any Lightning logger: ``timings/<stage>`` (seconds), ``<selector>/accuracy``,
+``<selector>/ot_distance`` and ``reference/theta{0,f}_accuracy``; to W&B only, also a ``results``
+table (one row per selector) and the run's ``selections/*.json`` as an artifact of type ``selection``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def make_logger(cfg: DictConfig, out_dir: Path):
+    """The configured Lightning logger (``cfg.logger``), or None for ``logger=none``."""
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    hc = HydraConfig.get()
+    group = cfg.logger.get("group") or (Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None)
+    name = f"{Path(hc.sweep.dir).name}-{out_dir.name}" if hc.mode.name == "MULTIRUN" else out_dir.name
+    logger = instantiate(cfg.logger, save_dir=str(out_dir), name=name, group=group)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def _is_wandb(logger) -> bool:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
+
+
+def scalar_metrics(res: dict) -> dict[str, float]:
+    """The flat metrics of a results dict: per-selector accuracy / OT distance, reference, stage timings."""
+    out = {f"{r['selector']}/{m}": float(r[m]) for r in res["results"] for m in ("accuracy", "ot_distance")}
+    out.update({f"reference/{k}": float(v) for k, v in res.get("reference", {}).items()})
+    out.update({f"timings/{k}": float(v) for k, v in res.get("timings", {}).items()})
+    return out
+
+
+def table_rows(res: dict) -> tuple[list[str], list[list]]:
+    """Columns and rows of the results table: scalar fields of each row, class balance flattened."""
+    rows = res["results"]  # selectors add their own info fields: take the union, None where missing
+    keys = list(dict.fromkeys(c for r in rows for c in r))
+    scalar = [c for c in keys if not any(isinstance(r.get(c), (dict, list)) for r in rows)]
+    classes = list(dict.fromkeys(c for r in rows for c in r.get("class_balance", {})))
+    cols = scalar + [f"balance/{c}" for c in classes]
+    data = [[r.get(c) for c in scalar] + [r.get("class_balance", {}).get(c) for c in classes] for r in rows]
+    return cols, data
+
+
+def log_run(logger, res: dict, out_dir: Path) -> None:
+    """Log a finished run (see the module docstring). Works with any Lightning logger; W&B gets more."""
+    if logger is None:
+        return
+    logger.log_metrics(scalar_metrics(res))
+    if not _is_wandb(logger):
+        return
+    import wandb
+
+    run = logger.experiment
+
+    cols, data = table_rows(res)
+    run.log({"results": wandb.Table(columns=cols, data=data)})
+    files = sorted((out_dir / "selections").glob("*.json"))
+    if files:
+        c = res["config"]
+        art = wandb.Artifact(f"selections-{run.id}", type="selection",
+                             description="indices (and seed-corpus ids) each selector picked",
+                             metadata={k: c.get(k) for k in ("d", "P", "k", "rng")})
+        for f in files:
+            art.add_file(str(f), name=f.name)
+        run.log_artifact(art)
+
+
+def finish(logger) -> None:
+    """Close the W&B run (also after a crash, so a multirun's next job does not hang on it)."""
+    if logger is not None and _is_wandb(logger):
+        import wandb
+
+        wandb.finish()
