@@ -43,14 +43,16 @@ def print_table(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"weights2data: k={res['config']['k']} d={res['config']['d']} P={res['config']['P']} "
-                    f"rng={res['config']['rng']} (θ0 acc {res['reference']['theta0_accuracy']:.3f}, "
-                    f"θf acc {res['reference']['thetaf_accuracy']:.3f})")
-    for col in ("selector", "accuracy", "OT distance", "class balance of picks"):
+    c, m, ref = res["config"], res["metric"], res["reference"]
+    t = Table(title=f"weights2data ({res['task']}): k={c['k']} d={c['d']} P={c['P']} rng={c['rng']} "
+                    f"(θ0 {m} {ref[f'theta0_{m}']:.3f}, θf {m} {ref[f'thetaf_{m}']:.3f})")
+    for col in ("selector", m, "OT distance", "what the picks are"):
         t.add_column(col)
     for r in res["results"]:
-        bal = " ".join(f"{c.split('.')[-1]}:{v:.2f}" for c, v in r["class_balance"].items())
-        t.add_row(r["selector"], f"{r['accuracy']:.4f}", f"{r['ot_distance']:.4f}", bal)
+        # Class balance of the training labels (classification), else the picks' source groups, largest first.
+        shares = r["class_balance"] or dict(sorted((r.get("groups") or {}).items(), key=lambda kv: -kv[1])[:4])
+        t.add_row(r["selector"], f"{r[m]:.4f}", f"{r['ot_distance']:.4f}",
+                  " ".join(f"{k.split('.')[-1]}:{v:.2f}" for k, v in shares.items()))
     Console(width=140).print(t)
 
 

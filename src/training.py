@@ -45,17 +45,23 @@ def build_trainer(cfg, logger=False, **overrides) -> L.Trainer:
     return L.Trainer(**kw)
 
 
-class ClassifierModule(L.LightningModule):
-    """Cross-entropy finetuning of a sequence classifier (used for θ0→θf and for retraining)."""
+def classification_loss(model, batch):
+    labels = batch.pop("labels")
+    return F.cross_entropy(model(**batch).logits.float(), labels), len(labels)
 
-    def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float, prefix: str = "train"):
+
+class TrainModule(L.LightningModule):
+    """Finetuning with a task's ``loss_fn(model, batch) -> (loss, batch size)`` (θ0→θf and retraining)."""
+
+    def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float, prefix: str = "train",
+                 loss_fn: Callable = classification_loss):
         super().__init__()
-        self.model, self.lr, self.wd, self.warmup, self.prefix = model, lr, weight_decay, warmup_ratio, prefix
+        self.model, self.lr, self.wd, self.warmup, self.prefix, self.loss_fn = \
+            model, lr, weight_decay, warmup_ratio, prefix, loss_fn
 
     def training_step(self, batch, _):
-        labels = batch.pop("labels")
-        loss = F.cross_entropy(self.model(**batch).logits.float(), labels)
-        self.log(f"{self.prefix}/loss", loss, prog_bar=True, batch_size=len(labels))
+        loss, n = self.loss_fn(self.model, dict(batch))
+        self.log(f"{self.prefix}/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
     def configure_optimizers(self):
@@ -70,19 +76,23 @@ class ClassifierModule(L.LightningModule):
                                                    "interval": "step"}}
 
 
+def fit(model, loader, ft, trainer_cfg, rng: int, logger=False, prefix="train", loss_fn=classification_loss):
+    """Train ``model`` in place for ``ft.epochs`` (or ``ft.max_steps``) over ``loader``."""
+    # A fixed number of optimiser steps would make tiny selections train longer per example;
+    # epochs keep "k examples seen E times" comparable across selectors.
+    trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=ft.get("max_steps") or -1)
+    model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
+    trainer.fit(TrainModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix, loss_fn), loader)
+    model.eval()
+    return model
+
+
 def fit_classifier(model, tokenizer, texts, labels, ft, trainer_cfg, rng: int, logger=False, prefix="train"):
-    """Train ``model`` in place on (texts, labels) with the ``finetune`` config ``ft``."""
+    """Train a sequence classifier in place on (texts, labels) with the ``finetune`` config ``ft``."""
     L.seed_everything(rng, workers=True, verbose=False)
     loader = make_loader(tokenizer, texts, labels, batch_size=ft.batch_size, max_length=ft.max_length,
                          shuffle=True, seed=rng)
-    # A fixed number of optimiser steps would make tiny selections train longer per example;
-    # epochs keep "k examples seen E times" comparable across selectors.
-    steps = ft.get("max_steps") or -1
-    trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=steps)
-    model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
-    trainer.fit(ClassifierModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix), loader)
-    model.eval()
-    return model
+    return fit(model, loader, ft, trainer_cfg, rng, logger, prefix)
 
 
 class ForwardModule(L.LightningModule):
