@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench data clean
+.PHONY: install run test bench bench-sft sweep-demo report data base-lm clean
 
 install:            ## venv + project with dev extras
 	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'
@@ -18,8 +18,20 @@ test:               ## fast suite (tiny random models, tens of examples)
 bench:              ## embedded task, 3 random seeds, mean ± std per selector
 	$(PY) -m src.bench --seeds 0 1 2
 
+sweep-demo:         ## small multirun (SELECT vs topk/random at d=256,1024; a few minutes on 2 cores)
+	$(PY) -m src.main -m experiment=sweep_demo
+
+report:             ## compare the runs of a sweep (default: newest in outputs/multiruns) -> <sweep>/report/
+	$(PY) -m src.report $(SWEEP)
+
+bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity per selector
+	$(PY) -m src.bench --seeds 0 1 2 task=sft
+
 data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
 	$(PY) -m src.data.build_wordnet
 
 clean:
 	rm -rf outputs/runs outputs/multiruns outputs/cache
+
+base-lm:            ## pretrain (or reuse) the small offline causal base LM (~4 CPU minutes)
+	$(PY) -m src.lm.base_lm

@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir
 
 
 def aggregate(results: list[dict]) -> list[dict]:
-    """Rows of runs (one results.json each) → one row per selector with mean and std."""
+    """Rows of runs (one results.json each) → one row per selector with mean and std of its metrics."""
+    metric = results[0].get("metric", "accuracy")
     by_sel: dict[str, list[dict]] = {}
     for res in results:
         for r in res["results"]:
@@ -28,21 +29,25 @@ def aggregate(results: list[dict]) -> list[dict]:
     rows = []
     for name, rs in by_sel.items():
         row = {"selector": name, "n": len(rs)}
-        for m in ("accuracy", "ot_distance"):
+        for m in (metric, "ot_distance"):
             vals = [r[m] for r in rs]
             row[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        classes = rs[0]["class_balance"].keys()
-        row["class_balance"] = {c: statistics.mean(r["class_balance"][c] for r in rs) for c in classes}
+        # Class balance of the training labels (classification) or the picks' source groups (SFT).
+        key = "class_balance" if rs[0]["class_balance"] else "groups"
+        shares = [r.get(key) or {} for r in rs]
+        names = sorted({c for sh in shares for c in sh})
+        row["composition"] = {c: statistics.mean(sh.get(c, 0.0) for sh in shares) for c in names}
         rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict], reference: dict | None = None) -> str:
-    lines = [f"{'selector':<18} {'accuracy':>17} {'OT distance':>17}  class balance of picks (mean)"]
+def format_table(rows: list[dict], reference: dict | None = None, metric: str = "accuracy") -> str:
+    lines = [f"{'selector':<18} {metric:>17} {'OT distance':>17}  composition of picks (mean share)"]
     for r in rows:
-        (am, asd), (om, osd) = r["accuracy"], r["ot_distance"]
-        bal = " ".join(f"{c.split('.')[-1]}:{v:.2f}" for c, v in r["class_balance"].items())
-        lines.append(f"{r['selector']:<18} {am:>9.4f} ± {asd:.4f} {om:>9.4f} ± {osd:.4f}  {bal}")
+        (am, asd), (om, osd) = r[metric], r["ot_distance"]
+        top = sorted(r["composition"].items(), key=lambda kv: -kv[1])[:5]
+        comp = " ".join(f"{c.split('.')[-1]}:{v:.2f}" for c, v in top)
+        lines.append(f"{r['selector']:<18} {am:>9.4f} ± {asd:.4f} {om:>9.4f} ± {osd:.4f}  {comp}")
     if reference:
         lines.append("reference: " + ", ".join(f"{k} {v[0]:.4f} ± {v[1]:.4f}" for k, v in reference.items()))
     return "\n".join(lines)
@@ -76,7 +81,7 @@ def main(argv=None) -> None:
     ref = {k: (statistics.mean(r["reference"][k] for r in results),
                statistics.stdev(r["reference"][k] for r in results) if len(results) > 1 else 0.0)
            for k in results[0]["reference"]}
-    table = format_table(rows, ref)
+    table = format_table(rows, ref, results[0].get("metric", "accuracy"))
     (out / "summary.json").write_text(json.dumps({"rows": rows, "reference": ref, "seeds": args.seeds}, indent=2))
     (out / "summary.txt").write_text(table + "\n")
     print(f"\n{len(args.seeds)} seeds, overrides {args.overrides or 'none'}; written to {out}\n{table}")

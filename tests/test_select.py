@@ -24,8 +24,17 @@ def test_fast_greedy_equals_reference(mode, reset, normalize):
     G, t = rand(3, 40, 8, seed=0)
     a, oa = greedy_select(G, t, 12, running_sum=mode, reset_every=reset, normalize=normalize)
     b, ob = greedy_select_naive(G, t, 12, running_sum=mode, reset_every=reset, normalize=normalize)
-    assert a.tolist() == b.tolist()
+    c, _ = greedy_select(G, t, 12, running_sum=mode, reset_every=reset, normalize=normalize, chunk=7)
+    assert a.tolist() == b.tolist() == c.tolist()
     torch.testing.assert_close(oa, ob, rtol=1e-9, atol=1e-9)
+
+
+def test_float16_store_is_selected_without_widening_it_whole():
+    G, t = rand(2, 50, 8, seed=1)
+    half = G.half()
+    a, _ = greedy_select(half, t, 10, chunk=16)
+    b, _ = greedy_select_naive(half.double(), t, 10)
+    assert half.dtype == torch.float16 and a.tolist() == b.tolist()
 
 
 @settings(max_examples=40, deadline=None)

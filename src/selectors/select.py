@@ -51,14 +51,28 @@ def _increment(G, m, mode):
 
 
 def greedy_select(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
-                  reset_every: int | None = None, normalize: bool = False, chunk: int = 65536):
-    """Fast greedy. grads: [P, N, d] (or [N, d]), target: [d]. Returns (indices [k], objective [k])."""
-    G, t = _prepare(grads, target, normalize, running_sum)
+                  reset_every: int | None = None, normalize: bool = False, chunk: int = 16384):
+    """Fast greedy. grads: [P, N, d] (or [N, d]), target: [d]. Returns (indices [k], objective [k]).
+
+    ``grads`` stays in its storage dtype (e.g. float16 from the gradient store); blocks of ``chunk``
+    rows are widened to float32 (float64 if given float64) as they are used, so extra memory is
+    O(P·N + P·chunk·d) and 10^6 × 4096 float16 gradients (8 GiB) select within 24 GiB.
+    Unit-normalisation is applied as a per-row scale instead of a normalised copy.
+    """
+    if running_sum not in _MODES:
+        raise UserError(f"select: running_sum must be one of {_MODES}, got '{running_sum}'")
+    G = grads if grads.dim() == 3 else grads[None]
+    acc = torch.float64 if G.dtype == torch.float64 else torch.float32
     P, N, d = G.shape
-    a = G @ t                        # [P, N]  G[j,i]·t̂, fixed
-    b = (G * G).sum(-1)              # [P, N]  ‖G[j,i]‖², fixed
-    c = torch.zeros(P, N, dtype=G.dtype)  # [P, N]  s_j·G[j,i], updated each step
-    s = torch.zeros(P, d, dtype=G.dtype)
+    t = F.normalize(target.to(acc), dim=0)
+    a, b = torch.empty(P, N, dtype=acc), torch.empty(P, N, dtype=acc)
+    for lo in range(0, N, chunk):
+        blk = G[:, lo:lo + chunk].to(acc)
+        a[:, lo:lo + chunk], b[:, lo:lo + chunk] = blk @ t, (blk * blk).sum(-1)
+    scale = b.clamp_min(1e-300).rsqrt() if normalize else torch.ones_like(b)
+    a, b = a * scale, b * scale * scale  # G[j,i]·t̂ and ‖G[j,i]‖² of the (scaled) rows: fixed
+    c = torch.zeros(P, N, dtype=acc)     # s_j·G[j,i], updated each step
+    s = torch.zeros(P, d, dtype=acc)
     taken = torch.zeros(N, dtype=torch.bool)
     picks, objective = [], []
     for step in range(int(k)):
@@ -73,9 +87,10 @@ def greedy_select(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_
         picks.append(m)
         objective.append(float(score[m]))
         taken[m] = True
-        u = _increment(G, m, running_sum)                                  # [P, d]
-        for lo in range(0, N, chunk):                                      # c_j += G_j u_j, chunked for memory
-            c[:, lo:lo + chunk] += torch.einsum("pnd,pd->pn", G[:, lo:lo + chunk], u)
+        row = G[:, m].to(acc) * scale[:, m, None]
+        u = row if running_sum == "per_checkpoint" else row.mean(0, keepdim=True).expand_as(row)  # [P, d]
+        for lo in range(0, N, chunk):                                      # c_j += G_j u_j, one pass over G
+            c[:, lo:lo + chunk] += torch.einsum("pnd,pd->pn", G[:, lo:lo + chunk].to(acc), u) * scale[:, lo:lo + chunk]
         s += u
     return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
 

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from src.selectors.base import Selection, SelectionContext, Selector, top_indices
 
 
-def alignment(grads: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[P, N, d], [d] -> [N]: mean over checkpoints of cos(g_ij, t)."""
-    return F.cosine_similarity(grads.double(), target.double()[None, None], dim=-1).mean(0)
+def alignment(grads: torch.Tensor, target: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """[P, N, d], [d] -> [N]: mean over checkpoints of cos(g_ij, t), widened block by block."""
+    acc = torch.float64 if grads.dtype == torch.float64 else torch.float32
+    t = target.to(acc)[None, None]
+    return torch.cat([F.cosine_similarity(grads[:, lo:lo + chunk].to(acc), t, dim=-1).mean(0)
+                      for lo in range(0, grads.shape[1], chunk)])
 
 
 class TopKSelector(Selector):
