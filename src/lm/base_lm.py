@@ -40,7 +40,7 @@ DEFAULTS = dict(
     exclude_lexnames=["noun.animal", "noun.plant", "noun.food"], seed=0, max_texts=None, heldout_frac=0.01,
     vocab_size=4096, n_embd=192, n_layer=4, n_head=4, n_positions=64, dropout=0.0,
     batch_size=32, seq_len=64, lr=1e-3, min_lr_frac=0.1, warmup_frac=0.05, weight_decay=0.01, grad_clip=1.0,
-    max_minutes=4, max_steps=100_000, log_every=25,
+    max_minutes=None, max_steps=850, log_every=25,
 )
 
 
@@ -274,10 +274,11 @@ def generate(folder, prompts, max_new_tokens: int = 40) -> list[str]:
     tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
     outs = []
     for p in prompts:
-        ids = tok(p, return_tensors="pt").input_ids
+        enc = tok(p, return_tensors="pt")
+        ids = enc.input_ids
         n = min(max_new_tokens, model.config.n_positions - ids.shape[1])
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
         outs.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     return outs
 
@@ -285,7 +286,8 @@ def generate(folder, prompts, max_new_tokens: int = 40) -> list[str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Pretrain (or reuse) the project's small causal base LM.")
     ap.add_argument("--cache-dir", default=os.environ.get("W2D_CACHE_DIR", "outputs/cache"))
-    ap.add_argument("--max-minutes", type=float, help="override max_minutes (changes the cache key)")
+    ap.add_argument("--max-minutes", type=float, help="override max_minutes (changes the cache key); 0 = no time limit, "
+                    "so --max-steps alone gives a reproducible model")
     ap.add_argument("--max-steps", type=int, help="override max_steps (changes the cache key)")
     ap.add_argument("--prompt", action="append", help="prompt(s) to continue greedily afterwards")
     args = ap.parse_args(argv)
