@@ -38,7 +38,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "base_lm" / "default.yaml"
 DEFAULTS = dict(
     asset_path=str(Path(__file__).resolve().parents[1] / "data" / "assets" / "wordnet_glosses.jsonl.gz"),
     exclude_lexnames=["noun.animal", "noun.plant", "noun.food"], seed=0, max_texts=None, heldout_frac=0.01,
-    vocab_size=4096, n_embd=192, n_layer=4, n_head=4, n_positions=64, dropout=0.0,
+    vocab_size=4096, tie_word_embeddings=False, n_embd=192, n_layer=4, n_head=4, n_positions=64, dropout=0.0,
     batch_size=32, seq_len=64, lr=1e-3, min_lr_frac=0.1, warmup_frac=0.05, weight_decay=0.01, grad_clip=1.0,
     max_minutes=None, max_steps=850, log_every=25,
 )
@@ -177,7 +177,10 @@ def _train(cfg, out: Path) -> dict:
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=cfg["n_positions"], n_embd=cfg["n_embd"],
                         n_layer=cfg["n_layer"], n_head=cfg["n_head"], resid_pdrop=d, embd_pdrop=d, attn_pdrop=d,
                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-                        activation_function="gelu_pytorch_tanh")  # GPT-2's GELU, fused: ~10% faster on CPU
+                        activation_function="gelu_pytorch_tanh",  # GPT-2's GELU, fused: ~10% faster on CPU
+                        # Untied: then θf − θ0 of lm_head is exactly what head gradients explain (a tied
+                        # matrix would also carry the input embedding's own update).
+                        tie_word_embeddings=cfg["tie_word_embeddings"])
     model = GPT2LMHeadModel(config)
     model.generation_config.pad_token_id = eos
     n_params = sum(p.numel() for p in model.parameters())
