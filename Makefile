@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench bench-sft sweep-demo report data base-lm clean
+.PHONY: install run test bench bench-sft bench-speed sweep-demo report data base-lm clean
 
 install:            ## venv + project with dev extras
 	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'
@@ -25,7 +25,7 @@ report:             ## compare the runs of a sweep (default: newest in outputs/m
 	$(PY) -m src.report $(SWEEP)
 
 bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity per selector
-	$(PY) -m src.bench --seeds 0 1 2 task=sft
+	$(PY) -m src.bench --seeds 0 1 2 -- task=sft
 
 data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
 	$(PY) -m src.data.build_wordnet
@@ -35,3 +35,6 @@ clean:
 
 base-lm:            ## pretrain (or reuse) the small offline causal base LM (~4 CPU minutes)
 	$(PY) -m src.lm.base_lm
+
+bench-speed:        ## speed/memory figures: gradient pass vs forward, greedy vs top-k, pass RSS, projections (~10 min)
+	$(PY) -m src.bench_speed
