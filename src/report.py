@@ -3,8 +3,9 @@
 Gathers every ``results.json`` below the folder (default: the newest folder in outputs/multiruns),
 groups the selector rows by (selector, d, P) plus any other config key that differs between the
 runs (e.g. ``seed.include`` in experiment=seed_domain), and averages over random seeds (``rng``):
-mean ± sample std and n. Writes ``report.csv``, ``report.json``, PNG plots (accuracy vs d, accuracy
-vs P, accuracy and OT distance per selector) and a self-contained ``report.html`` to ``--out``
+mean ± sample std and n, of the task's metric (``results.json``'s ``metric``: accuracy for classification,
+perplexity for SFT) and the OT distance. Writes ``report.csv``, ``report.json``, PNG plots (metric vs d,
+metric vs P, metric and OT distance per selector) and a self-contained ``report.html`` to ``--out``
 (default ``<folder>/report``), and prints the table.
 """
 from __future__ import annotations
@@ -18,10 +19,14 @@ import statistics
 import sys
 from pathlib import Path
 
-METRICS = ("accuracy", "ot_distance")
+LOWER_IS_BETTER = ("perplexity", "ot_distance")
 # Never a grouping key: rng is what we average over; the rest do not change a selector's result.
 IGNORED = ("rng", "d", "P", "cache_dir", "baselines", "selector._target_")
 IGNORED_PREFIXES = ("logger.", "trainer.progress_bar")
+
+
+class ReportError(Exception):
+    """Nothing (consistent) to report: ends the CLI with one line and exit code 2."""
 
 
 def find_results(root: Path) -> list[tuple[Path, dict]]:
@@ -82,8 +87,13 @@ def aggregate(results: list[dict], extra: list[str] | None = None) -> list[dict]
     """One row per (selector, d, P, *extra): mean and std of each metric over the runs' seeds.
 
     ``extra`` defaults to ``varying_keys(results)``. Each output row has selector, d, P, the extra keys,
-    n (runs averaged), rngs, <metric>_mean/<metric>_std, and the mean θ0 / θf reference accuracies.
+    n (runs averaged), rngs, metric (its name), <metric>_mean/_std, ot_distance_mean/_std, and the mean θ0 / θf
+    reference values theta0_<metric> / thetaf_<metric>. Raises ReportError when runs have different metrics.
     """
+    names = sorted({res.get("metric", "accuracy") for res in results})
+    if len(names) > 1:
+        raise ReportError(f"the runs mix tasks with different metrics ({', '.join(names)}); report them separately")
+    metric = names[0]
     extra = varying_keys(results) if extra is None else extra
     groups: dict[tuple, dict] = {}
     order: dict[str, int] = {}
@@ -99,10 +109,10 @@ def aggregate(results: list[dict], extra: list[str] | None = None) -> list[dict]
     out = []
     for key, g in groups.items():
         row = {"selector": key[0], "d": key[1], "P": key[2], **dict(zip(extra, key[3:])), "n": len(g["rows"]),
-               "rngs": sorted({r.get("rng") for r in g["rows"]}, key=str)}
-        for m in METRICS:
+               "rngs": sorted({r.get("rng") for r in g["rows"]}, key=str), "metric": metric}
+        for m in (metric, "ot_distance"):
             row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([float(r[m]) for r in g["rows"]])
-        for ref in ("theta0_accuracy", "thetaf_accuracy"):
+        for ref in (f"theta0_{metric}", f"thetaf_{metric}"):
             vals = [float(x[ref]) for x in g["refs"] if ref in x]
             row[ref] = statistics.mean(vals) if vals else None
         out.append(row)
@@ -116,19 +126,20 @@ def _cell(v) -> str:
     return "-" if v is None else str(v)
 
 
-def table_columns(extra: list[str]) -> list[str]:
-    return ["selector", "d", "P", *extra, "n", "accuracy", "OT distance", "θf accuracy"]
+def table_columns(extra: list[str], metric: str) -> list[str]:
+    return ["selector", "d", "P", *extra, "n", metric, "OT distance", f"θf {metric}"]
 
 
 def table_cells(row: dict, extra: list[str]) -> list[str]:
-    ref = row.get("thetaf_accuracy")
+    m = row["metric"]
+    ref = row.get(f"thetaf_{m}")
     return [str(row["selector"]), str(row["d"]), str(row["P"]), *(_cell(row.get(k)) for k in extra), str(row["n"]),
-            f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}",
+            f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}",
             f"{row['ot_distance_mean']:.4f} ± {row['ot_distance_std']:.4f}", "-" if ref is None else f"{ref:.4f}"]
 
 
 def format_table(rows: list[dict], extra: list[str]) -> str:
-    cells = [table_columns(extra)] + [table_cells(r, extra) for r in rows]
+    cells = [table_columns(extra, rows[0]["metric"])] + [table_cells(r, extra) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
 
@@ -151,13 +162,14 @@ def _label(r: dict, keys: list[str]) -> str:
 
 
 def plot_vs(rows: list[dict], x: str, extra: list[str], path: Path) -> str | None:
-    """Accuracy vs ``x`` ("d" or "P"), one line per selector (and per value of the other keys that vary).
+    """The task metric vs ``x`` ("d" or "P"), one line per selector (and per value of the other keys that vary).
     Returns why it was skipped, or None when written."""
     xs = sorted({r[x] for r in rows if r[x] is not None})
     if len(xs) < 2:
-        return f"accuracy vs {x} skipped: the sweep has only one value of {x} ({', '.join(map(str, xs)) or 'none'})"
+        return f"{rows[0]['metric']} vs {x} skipped: the sweep has only one value of {x} ({', '.join(map(str, xs)) or 'none'})"
     import matplotlib.pyplot as plt
 
+    m = rows[0]["metric"]
     other = [k for k in ["d", "P", *extra] if k != x and len({str(r.get(k)) for r in rows}) > 1]
     series: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -167,17 +179,18 @@ def plot_vs(rows: list[dict], x: str, extra: list[str], path: Path) -> str | Non
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, rs in series.items():
         rs = sorted(rs, key=lambda r: r[x])
-        ax.errorbar([r[x] for r in rs], [r["accuracy_mean"] for r in rs], yerr=[r["accuracy_std"] for r in rs],
+        ax.errorbar([r[x] for r in rs], [r[f"{m}_mean"] for r in rs], yerr=[r[f"{m}_std"] for r in rs],
                     marker="os^vD"[styles.index(key[1:]) % 5], ls=["-", "--", ":", "-."][styles.index(key[1:]) % 4],
                     color=f"C{sels.index(key[0]) % 10}", capsize=3,
                     label=" ".join([key[0], _label(rs[0], other)]).strip())
-    ref = [r["thetaf_accuracy"] for r in rows if r.get("thetaf_accuracy") is not None]
+    ref = [r[f"thetaf_{m}"] for r in rows if r.get(f"thetaf_{m}") is not None]
     if ref:
         ax.axhline(statistics.mean(ref), color="gray", ls="--", lw=1, label="θf (mean over runs)")
     if x == "d":
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(v) for v in xs])
-    ax.set(xlabel=x, ylabel="test accuracy (mean ± std over seeds)", title=f"accuracy vs {x}")
+    ax.set(xlabel=x, ylabel=f"test {m} (mean ± std over seeds)",
+           title=f"{m} vs {x}" + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -205,8 +218,8 @@ def plot_bars(rows: list[dict], metric: str, extra: list[str], path: Path) -> No
         ax.set_xticks(range(len(configs)), configs, rotation=20 if len(configs) > 3 else 0, fontsize=8)
     else:  # one configuration: the bars are the selectors
         ax.set_xticks([(i - (len(sels) - 1) / 2) * width for i in range(len(sels))], sels)
-    ax.set(ylabel=f"{name} (mean ± std over seeds)", title=f"{name} per selector" + (" (lower is closer to the"
-           " true data)" if metric == "ot_distance" else ""))
+    ax.set(ylabel=f"{name} (mean ± std over seeds)", title=f"{name} per selector"
+           + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -218,14 +231,14 @@ def make_plots(rows: list[dict], extra: list[str], out: Path) -> tuple[list[Path
     import matplotlib
 
     matplotlib.use("Agg")
-    written, skipped = [], []
+    written, skipped, metric = [], [], rows[0]["metric"]
     for x in ("d", "P"):
-        why = plot_vs(rows, x, extra, out / f"accuracy_vs_{x}.png")
+        why = plot_vs(rows, x, extra, out / f"{metric}_vs_{x}.png")
         if why:
             skipped.append(why)
         else:
-            written.append(out / f"accuracy_vs_{x}.png")
-    for m in ("accuracy", "ot_distance"):
+            written.append(out / f"{metric}_vs_{x}.png")
+    for m in (metric, "ot_distance"):
         plot_bars(rows, m, extra, out / f"{m}.png")
         written.append(out / f"{m}.png")
     return written, skipped
@@ -240,7 +253,8 @@ th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.skipped{color:#a
 def render_html(rows: list[dict], extra: list[str], title: str, runs: list[str], plots: list[Path],
                 skipped: list[str]) -> str:
     e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in table_columns(extra))
+    m = rows[0]["metric"]
+    head = "".join(f"<th>{e(c)}</th>" for c in table_columns(extra, m))
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(r, extra)) + "</tr>" for r in rows)
     figs = "".join(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,'
                    f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{e(p.name)}</figcaption></figure>'
@@ -249,8 +263,8 @@ def render_html(rows: list[dict], extra: list[str], title: str, runs: list[str],
     run_list = "".join(f"<li><code>{e(r)}</code></li>" for r in runs)
     by = ", ".join(["selector", "d", "P", *extra])
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style>'
-            f"</head><body><h1>{e(title)}</h1><p>{len(runs)} runs, grouped by ({e(by)}); accuracy and OT distance"
-            " are mean ± sample std over random seeds (n runs; std 0 when n = 1). θf accuracy: the finetuned"
+            f"</head><body><h1>{e(title)}</h1><p>{len(runs)} runs, grouped by ({e(by)}); {e(m)} and OT"
+            " distance are mean ± sample std over random seeds (n runs; std 0 when n = 1). θf: the finetuned"
             " model the selections try to reproduce.</p>"
             f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
             f"<h2>Plots</h2>{notes}{figs}<h2>Runs</h2><ul>{run_list}</ul></body></html>")
@@ -263,10 +277,10 @@ def newest_sweep(base: Path = Path("outputs/multiruns")) -> Path | None:
 
 
 def build_report(root: Path, out: Path) -> tuple[list[dict], list[str], list[str]]:
-    """Read, aggregate and write everything; returns (rows, extra keys, runs). Raises FileNotFoundError."""
+    """Read, aggregate and write everything; returns (rows, extra keys, runs). Raises ReportError."""
     found = find_results(root)
     if not found:
-        raise FileNotFoundError(f"no results.json files under {root}")
+        raise ReportError(f"no results.json files under {root}")
     results = [res for _, res in found]
     extra = varying_keys(results)
     rows = aggregate(results, extra)
@@ -297,7 +311,7 @@ def main(argv=None) -> int:
     out = args.out or root / "report"
     try:
         rows, extra, runs = build_report(root, out)
-    except FileNotFoundError as e:
+    except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{root}: {len(runs)} runs\n{format_table(rows, extra)}\n"

@@ -4,8 +4,9 @@ W&B is offline unless ``WANDB_MODE=online`` (conf/logger/wandb.yaml reads it; th
 nothing needs network; ``wandb sync <run>/wandb/offline-run-*`` uploads later. The runs of one Hydra
 multirun share a W&B group: the sweep folder's name.
 
-A finished run logs, to any Lightning logger: ``timings/<stage>`` (seconds), ``<selector>/accuracy``,
-``<selector>/ot_distance`` and ``reference/theta{0,f}_accuracy``; to W&B only, also a ``results``
+A finished run logs, to any Lightning logger: ``timings/<stage>`` (seconds), ``<selector>/<metric>``
+(the task's metric: accuracy, or perplexity for SFT), ``<selector>/ot_distance`` and
+``reference/theta{0,f}_<metric>``; to W&B only, also a ``results``
 table (one row per selector) and the run's ``selections/*.json`` as an artifact of type ``selection``.
 """
 from __future__ import annotations
@@ -39,8 +40,9 @@ def _is_wandb(logger) -> bool:
 
 
 def scalar_metrics(res: dict) -> dict[str, float]:
-    """The flat metrics of a results dict: per-selector accuracy / OT distance, reference, stage timings."""
-    out = {f"{r['selector']}/{m}": float(r[m]) for r in res["results"] for m in ("accuracy", "ot_distance")}
+    """The flat metrics of a results dict: per-selector task metric / OT distance, reference, stage timings."""
+    metrics = (res.get("metric", "accuracy"), "ot_distance")
+    out = {f"{r['selector']}/{m}": float(r[m]) for r in res["results"] for m in metrics if r.get(m) is not None}
     out.update({f"reference/{k}": float(v) for k, v in res.get("reference", {}).items()})
     out.update({f"timings/{k}": float(v) for k, v in res.get("timings", {}).items()})
     return out
@@ -51,9 +53,9 @@ def table_rows(res: dict) -> tuple[list[str], list[list]]:
     rows = res["results"]  # selectors add their own info fields: take the union, None where missing
     keys = list(dict.fromkeys(c for r in rows for c in r))
     scalar = [c for c in keys if not any(isinstance(r.get(c), (dict, list)) for r in rows)]
-    classes = list(dict.fromkeys(c for r in rows for c in r.get("class_balance", {})))
+    classes = list(dict.fromkeys(c for r in rows for c in r.get("class_balance") or {}))
     cols = scalar + [f"balance/{c}" for c in classes]
-    data = [[r.get(c) for c in scalar] + [r.get("class_balance", {}).get(c) for c in classes] for r in rows]
+    data = [[r.get(c) for c in scalar] + [(r.get("class_balance") or {}).get(c) for c in classes] for r in rows]
     return cols, data
 
 

@@ -32,7 +32,8 @@ def fake_run(d=1024, P=3, rng=0, accs=None, ots=None, **config):
         for p in path:
             node = node.setdefault(p, {})
         node[last] = v
-    return {"config": cfg, "reference": {"theta0_accuracy": 0.25, "thetaf_accuracy": 0.95},
+    return {"config": cfg, "task": "classification", "metric": "accuracy",
+            "reference": {"theta0_accuracy": 0.25, "thetaf_accuracy": 0.95},
             "timings": {"data": 1.0, "select/retrain": 2.0},
             "results": [{"selector": s, "k": 10, "d": d, "P": P, "rng": rng, "accuracy": a, "ot_distance": ots[s],
                          "class_balance": {"noun.animal": 0.5, "noun.plant": 0.5}} for s, a in accs.items()]}
@@ -92,13 +93,39 @@ def test_build_report_writes_table_plots_and_self_contained_html(tmp_path):
     out = root / "report"
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert len(rows) == 4 and {r["n"] for r in rows} == {2}
-    assert (out / "report.csv").read_text().splitlines()[0].startswith("selector,d,P,n,rngs,accuracy_mean")
+    assert (out / "report.csv").read_text().splitlines()[0].startswith("selector,d,P,n,rngs,metric,accuracy_mean")
     for name in ("accuracy_vs_d", "accuracy", "ot_distance"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     assert not (out / "accuracy_vs_P.png").exists()  # one value of P
     page = (out / "report.html").read_text()
     assert "accuracy vs P skipped" in page and page.count("data:image/png;base64,") == 3
     assert '<table id="results">' in page and "src=\"http" not in page and "<link" not in page
+
+
+def sft_run(d, rng, ppl):
+    res = fake_run(d=d, rng=rng, accs={"select": 0.0, "random": 0.0})
+    res.update(task="sft", metric="perplexity", reference={"theta0_perplexity": 90.0, "thetaf_perplexity": 30.0})
+    for r, p in zip(res["results"], ppl):
+        del r["accuracy"]
+        r.update(perplexity=p, class_balance={}, groups={"noun.act": 1.0})
+    return res
+
+
+def test_report_uses_the_tasks_metric(tmp_path, capsys):
+    root = write_sweep(tmp_path / "sft", [sft_run(d, s, (40.0 + s, 60.0)) for d in (64, 128) for s in (0, 1)])
+    assert report.main([str(root)]) == 0
+    rows = json.loads((root / "report" / "report.json").read_text())["rows"]
+    assert rows[0]["metric"] == "perplexity" and rows[0]["perplexity_mean"] == pytest.approx(40.5)
+    assert rows[0]["thetaf_perplexity"] == 30.0 and "accuracy_mean" not in rows[0]
+    assert {p.name for p in (root / "report").glob("*.png")} == {"perplexity_vs_d.png", "perplexity.png",
+                                                                 "ot_distance.png"}
+    assert "θf perplexity" in capsys.readouterr().out
+    m = scalar_metrics(sft_run(64, 0, (40.0, 60.0)))
+    assert m["select/perplexity"] == 40.0 and m["reference/thetaf_perplexity"] == 30.0
+    assert "select/accuracy" not in m
+    write_sweep(tmp_path / "mixed", [fake_run(), sft_run(64, 0, (40.0, 60.0))])
+    assert report.main([str(tmp_path / "mixed")]) == 2
+    assert "different metrics (accuracy, perplexity)" in capsys.readouterr().err
 
 
 def test_cli_errors_and_newest_sweep(tmp_path, monkeypatch, capsys):
