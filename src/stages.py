@@ -114,9 +114,11 @@ def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[tor
                  "head": cfg.model.head, "dtype": cfg.gradient.store_dtype}
     root = Path(cfg.cache_dir) / "grads" / stable_hash(store_cfg)
     store = ShardStore(root, store_cfg, n_rows=len(data.seed), shard_size=cfg.gradient.shard_size)
-    fn = task.gradient_fn(pair, projector)
-    G = gradient_pass(pair, alphas, store, lambda rows: task.gradient_batch(pair, fn, data.seed, labels, rows),
-                      store_dtype=_DTYPES[cfg.gradient.store_dtype])
+    # One Lightning predict loop over the missing (checkpoint, shard) items, on whatever accelerator /
+    # strategy ``trainer`` names (DDP ranks write disjoint shards); then streamed back from disk in the
+    # store dtype (greedy / top-k widen blocks of rows as they use them).
+    G = gradient_pass(pair, alphas, store, task, data.seed, labels, projector, trainer_cfg=cfg.trainer,
+                      batch_size=cfg.gradient.batch_size, store_dtype=_DTYPES[cfg.gradient.store_dtype])
     return G, task.projected_target(pair, projector)
 
 

@@ -72,8 +72,8 @@ def test_resume_after_killed_run_computes_only_remaining_shards(tmp_path):
     with pytest.raises(Killed):
         make(root).fill("p", dying)
     assert len(dying.calls) == 2
-    meta = json.loads((root / "meta.json").read_text())
-    assert sorted(meta["shards"]) == ["p/0", "p/1"]
+    # only the two complete shards have sidecars (the record of a finished shard)
+    assert sorted(p.name for p in root.glob("p-*.json")) == ["p-00000.json", "p-00001.json"]
 
     resumed = Counter()
     store = make(root)
@@ -143,7 +143,7 @@ def test_mismatched_metadata_recomputes_everything(tmp_path, kwargs):
     root = tmp_path / "s"
     make(root).fill("p", Counter())
     other = make(root, **kwargs)
-    assert other.meta["shards"] == {}
+    assert other.missing("p") == list(range(other.n_shards))  # no old shard counts as done
     compute = Counter()
     done = other.fill("p", compute)
     assert done == other.n_shards == len(compute.calls)
@@ -164,25 +164,89 @@ def test_wrong_row_count_is_rejected(tmp_path):
     store = make(tmp_path / "s")
     with pytest.raises(ValueError, match="rows"):
         store.fill("p", lambda r: {"g": torch.zeros(len(r) + 1, 4)})
-    assert "p/0" not in store.meta["shards"]
+    assert not store.is_valid("p", 0) and not (tmp_path / "s" / "p-00000.json").exists()
     with pytest.raises(ValueError):
         store.write("p", 3, {"g": torch.zeros(3, 4)})  # last shard has 1 row
     assert not (tmp_path / "s" / "p-00003.safetensors").exists()
 
 
-def test_meta_records_sha_rows_and_shapes(tmp_path):
+def test_meta_records_config_and_sidecars_record_sha_rows_and_shapes(tmp_path):
     root = tmp_path / "s"
-    make(root).fill("p", Counter())
+    store = make(root)
+    store.fill("p", Counter())
     meta = json.loads((root / "meta.json").read_text())
     assert meta["config"] == CONFIG
     assert meta["n_rows"] == N_ROWS and meta["shard_size"] == SHARD
-    assert sorted(meta["shards"]) == ["p/0", "p/1", "p/2", "p/3"]
+    assert "shards" not in meta  # per-shard records live in sidecars, so writers never share a file
+    assert sorted(p.name for p in root.glob("p-*.json")) == [f"p-{i:05d}.json" for i in range(4)]
     for i, (start, stop) in enumerate([(0, 3), (3, 6), (6, 9), (9, 10)]):
-        rec = meta["shards"][f"p/{i}"]
+        rec = json.loads((root / f"p-{i:05d}.json").read_text())
         assert rec["rows"] == [start, stop]
         assert rec["sha256"] == file_sha256(root / f"p-{i:05d}.safetensors")
         assert len(rec["sha256"]) == 64
         assert rec["shapes"] == {"g": [stop - start, 4], "y": [stop - start]}
+        assert rec["dtypes"] == {"g": "float32", "y": "int64"}
+        assert rec["store"] == store.fingerprint and rec["rank"] == 0
+
+
+def test_meta_json_is_written_once(tmp_path):
+    root = tmp_path / "s"
+    make(root).fill("p", Counter())
+    before = (root / "meta.json").stat().st_mtime_ns
+    store = make(root)
+    store.fill("q", Counter())
+    assert (root / "meta.json").stat().st_mtime_ns == before
+
+
+def test_sidecar_of_other_rows_or_garbage_is_not_trusted(tmp_path, caplog):
+    root = tmp_path / "s"
+    make(root).fill("p", Counter())
+    side = root / "p-00001.json"
+    rec = json.loads(side.read_text())
+    side.write_text(json.dumps({**rec, "rows": [0, 3]}))
+    (root / "p-00002.json").write_text("{not json")
+    store = make(root)
+    assert store.missing("p") == [1, 2]
+    compute = Counter()
+    assert store.fill("p", compute) == 2
+    assert compute.calls == [range(3, 6), range(6, 9)]
+    assert torch.equal(store.load("p")["g"], expected_full()["g"])
+
+
+def test_file_written_but_sidecar_missing_is_recomputed(tmp_path):
+    """A writer killed between the shard file and its sidecar leaves an unrecorded file: not used."""
+    root = tmp_path / "s"
+    make(root).fill("p", Counter())
+    (root / "p-00003.json").unlink()
+    compute = Counter()
+    assert make(root).fill("p", compute) == 1
+    assert compute.calls == [range(9, 10)]
+
+
+def test_concurrent_writers_of_disjoint_and_duplicate_shards(tmp_path):
+    """Two stores on one folder (as two ranks): disjoint shards and a duplicated one all end valid."""
+    root = tmp_path / "s"
+    a, b = make(root), make(root)
+    for i in (0, 2, 3):
+        a.write("p", i, rows_tensor(a.rows(i)), rank=0)
+    for i in (1, 3):
+        b.write("p", i, rows_tensor(b.rows(i)), rank=1)
+    ranks = {json.loads((root / f"p-{i:05d}.json").read_text())["rank"] for i in range(4)}
+    assert ranks == {0, 1}
+    assert make(root).missing("p") == []
+    assert torch.equal(make(root).load("p")["g"], expected_full()["g"])
+
+
+def test_load_stacked_streams_parts_into_one_buffer_in_the_requested_dtype(tmp_path):
+    store = make(tmp_path / "s")
+    store.fill("a", Counter())
+    store.fill("b", lambda r: {"g": -rows_tensor(r)["g"], "y": rows_tensor(r)["y"]})
+    G = store.load_stacked(["a", "b"], "g", dtype=torch.float16)
+    assert G.shape == (2, N_ROWS, 4) and G.dtype == torch.float16
+    assert torch.equal(G[0].float(), expected_full()["g"]) and torch.equal(G[1].float(), -expected_full()["g"])
+    _corrupt(tmp_path / "s" / "b-00002.safetensors")
+    with pytest.raises(RuntimeError, match="b/2"):
+        store.load_stacked(["a", "b"])
 
 
 def test_parts_are_independent(tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from src.gradients.classification import projected_head_grads_fn, projected_target
 from src.models import build_classifier, load_finetuned, load_tokenizer
-from src.training import accuracy, fit_classifier, logits_fn, predict
+from src.training import accuracy, fit_classifier, logits_fn, predict, text_collate
 
 
 class ClassificationTask:
@@ -68,10 +68,14 @@ class ClassificationTask:
     def gradient_fn(self, pair, projector):
         return projected_head_grads_fn(pair.head_name, projector, bias=pair.head.bias is not None)
 
-    def gradient_batch(self, pair, fn, seed, autolabels: dict, rows: range) -> dict:
-        return predict(pair.model, pair.tokenizer, [seed["text"][i] for i in rows], fn,
-                       batch_size=self.cfg.gradient.batch_size, max_length=self.cfg.model.max_length,
-                       trainer_cfg=self.cfg.trainer, labels=autolabels["labels"][rows.start:rows.stop])
+    @staticmethod
+    def gradient_items(seed, autolabels: dict, rows: range) -> list:
+        """(text, autolabel) for seed rows ``rows``: the work of one gradient shard."""
+        texts = seed[rows.start:rows.stop]["text"]
+        return list(zip(texts, autolabels["labels"][rows.start:rows.stop].tolist()))
+
+    def gradient_collate(self, tokenizer):
+        return text_collate(tokenizer, self.cfg.model.max_length)
 
     @staticmethod
     def projected_target(pair, projector):

@@ -167,11 +167,13 @@ class SFTTask:
     def gradient_fn(self, pair, projector):
         return projected_lm_head_grads_fn(projector, self.cfg.model.head)
 
-    def gradient_batch(self, pair, fn, seed, autolabels: dict, rows: range) -> dict:
-        items = [(seed["prompt"][i], autolabels["responses"][i]) for i in rows]
-        return run_predict(pair.model, items, sft_collate(pair.tokenizer, self.cfg.model.max_length), fn,
-                           batch_size=self.cfg.gradient.batch_size, trainer_cfg=self.cfg.trainer,
-                           length=lambda it: len(it[0]) + len(it[1]))
+    @staticmethod
+    def gradient_items(seed, autolabels: dict, rows: range) -> list:
+        """(prompt, generated response) for seed rows ``rows``: the work of one gradient shard."""
+        return list(zip(seed[rows.start:rows.stop]["prompt"], autolabels["responses"][rows.start:rows.stop]))
+
+    def gradient_collate(self, tokenizer):
+        return sft_collate(tokenizer, self.cfg.model.max_length)
 
     def projected_target(self, pair, projector):
         return projected_lm_head_target(pair.state0, pair.statef, projector, self.cfg.model.head)
