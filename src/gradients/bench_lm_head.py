@@ -2,7 +2,7 @@
 
     python -m src.gradients.bench_lm_head [--n 1000] [--n-dense 32] [--batch-size 16] [--d 1024]
 
-A randomly initialised small GPT-2 (n_embd 256, 4 layers, vocab 8000) on synthetic SFT examples
+A randomly initialised GPT-2 of the embedded base LM's shape (n_embd 192, 4 layers, vocab 4096, untied head) on synthetic SFT examples
 of 40–56 tokens (first half prompt, second half response, right-padded):
 
 - factored: body forward (no logits), then ``projected_lm_head_grads`` with a
@@ -42,7 +42,8 @@ import time
 
 import torch
 
-VOCAB, HIDDEN, LAYERS, HEADS = 8000, 256, 4, 4
+# The embedded base LM's architecture (conf/base_lm/default.yaml); weights are random: cost does not depend on them.
+VOCAB, HIDDEN, LAYERS, HEADS = 4096, 192, 4, 4
 
 
 def _status() -> dict:
@@ -70,7 +71,7 @@ def _model():
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64,
+    cfg = GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64, tie_word_embeddings=False,
                      bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(cfg).eval()
 
