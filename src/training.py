@@ -107,20 +107,26 @@ class ForwardModule(L.LightningModule):
             return {k: v.float().cpu() for k, v in self.fn(self.model, batch).items()}
 
 
+def length_order(items: list, length: Callable) -> tuple[list[int], torch.Tensor]:
+    """Indices sorting ``items`` by ``length`` (batches of similar length waste less compute on
+    padding) and the inverse permutation that puts per-item outputs back in input order."""
+    order = sorted(range(len(items)), key=lambda i: length(items[i]))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return order, inverse
+
+
 def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_size: int, trainer_cfg,
                 length: Callable = lambda item: len(item[0])) -> dict:
     """Apply ``fn`` to every batch of ``items`` and concatenate its outputs, in input order."""
     if len(items) == 0:
         return {}
     model.eval()
-    # Batches of similar length waste less compute on padding; outputs are put back in input order.
-    order = sorted(range(len(items)), key=lambda i: length(items[i]))
+    order, inverse = length_order(items, length)
     loader = DataLoader([items[i] for i in order], batch_size=batch_size, collate_fn=collate)
     # One device, predictions returned in order; a multi-device pass would write per-rank shards instead.
     trainer = build_trainer(trainer_cfg, devices=1, strategy="auto", num_nodes=1)
     outs = trainer.predict(ForwardModule(model, fn), loader)
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.as_tensor(order)] = torch.arange(len(order))
     return {k: torch.cat([o[k] for o in outs])[inverse] for k in outs[0]}
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from src.models import interpolate
 from src.store import ShardStore
+from src.training import length_order
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,13 @@ def _to_device(batch: dict, device) -> dict:
 
 def compute_rows(model, items: list, collate, fn, batch_size: int, device) -> dict[str, torch.Tensor]:
     """``fn`` over ``items`` in length-sorted mini-batches on ``device``; float32 CPU outputs in input order."""
-    order = sorted(range(len(items)), key=lambda i: _item_length(items[i]))
+    order, inverse = length_order(items, _item_length)
     chunks: dict[str, list] = {}
     with torch.no_grad():
         for lo in range(0, len(order), batch_size):
             batch = _to_device(collate([items[i] for i in order[lo:lo + batch_size]]), device)
             for k, v in fn(model, batch).items():
                 chunks.setdefault(k, []).append(v.detach().float().cpu())
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return {k: torch.cat(v)[inverse] for k, v in chunks.items()}
 
 
