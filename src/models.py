@@ -92,11 +92,23 @@ def interpolate(state0: dict, statef: dict, alpha: float) -> dict:
     return {k: (v + alpha * (statef[k] - v)) if v.is_floating_point() else v for k, v in state0.items()}
 
 
-def checkpoint_alphas(P: int) -> list[float]:
-    """α_j = j/P, j = 1..P: the synthetic checkpoints θ̂_j on the line from θ0 to θf."""
+CHECKPOINT_GRIDS = ("theta_f", "theta_0")
+
+
+def checkpoint_alphas(P: int, grid: str = "theta_f") -> list[float]:
+    """The synthetic checkpoints θ̂ = θ0 + α(θf − θ0) on the line from θ0 to θf.
+
+    ``theta_f``: α_j = j/P, j = 1..P, so θf is on the grid and θ0 is not (the paper's formula;
+    the authors' code computes the same set as 1 − i/P, i = 0..P−1). ``theta_0``: α_j = (j−1)/P,
+    so θ0 is on the grid and θf is not (the other reading of "i/P, i = 0..P−1"). P = 1 is then
+    θf alone or θ0 alone.
+    """
     if int(P) < 1:
         raise UserError(f"P (number of synthetic checkpoints) must be >= 1, got {P}")
-    return [j / P for j in range(1, P + 1)]
+    if grid not in CHECKPOINT_GRIDS:
+        raise UserError(f"checkpoints must be one of {CHECKPOINT_GRIDS}, got {grid!r}")
+    shift = 0 if grid == "theta_f" else 1
+    return [(j - shift) / P for j in range(1, P + 1)]
 
 
 @dataclass

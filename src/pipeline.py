@@ -19,6 +19,7 @@ from src.metrics import Embedder, ot_distance
 from src.selectors.base import SelectionContext, Selector, check_k
 from src.stages import autolabel, gradients, load_data, load_models, to_plain
 from src.tasks import get_task
+from src.training import EpochMonitor
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -64,6 +65,11 @@ def validate(cfg) -> None:
         raise UserError(f"P (number of synthetic checkpoints) must be >= 1, got P={cfg.P}")
     if int(cfg.k) <= 0:
         raise UserError(f"k (selection size) must be positive, got k={cfg.k}")
+    mode = cfg.retrain.get("select_epoch", "final")
+    if mode not in ("final", "val", "test"):
+        raise UserError(f"retrain.select_epoch must be final, val or test, got {mode!r}")
+    if mode == "val" and not cfg.dataset.get("n_val"):
+        raise UserError("retrain.select_epoch=val needs a validation split: set dataset.n_val > 0")
 
 
 def run(cfg, out_dir: Path, logger=None) -> dict:
@@ -73,6 +79,7 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
     selectors = build_selectors(cfg)
     with timer("data"):
         data = load_data(cfg)
+    check_seed_columns(task, data.seed, cfg.seed)
     if any(s.name != "expert" for s in selectors.values()):
         check_k(cfg.k, len(data.seed))
     with timer("models"):
@@ -104,22 +111,55 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
         idx = sel.indices.tolist()
         examples = (task.true_examples(data.task.train, idx) if sel.source == "true"
                     else task.seed_examples(data.seed, labels, idx))
+        monitor = epoch_monitor(cfg, task, pair.tokenizer, data.task)
         with timer(f"{name}/retrain"):
             model = task.train(pair.fresh(0.0), pair.tokenizer, examples, cfg.retrain, prefix=f"retrain/{name}",
-                               logger=logger or False)
+                               logger=logger or False, monitor=monitor)
         with timer(f"{name}/eval"):
             metrics = task.evaluate(model, pair.tokenizer, test)
             otd = ot_distance(embedder(task.ot_texts(examples)), true_emb, cfg.ot.method, cfg.ot.reg)
         pool = data.task.train if sel.source == "true" else data.seed
         rows.append({"selector": name, "k": len(idx), "d": cfg.d, "P": cfg.P, "rng": cfg.rng, **metrics,
                      "ot_distance": otd, "class_balance": task.composition(examples, data.task),
-                     "groups": _groups(pool, idx), **sel.info})
+                     "groups": _groups(pool, idx), "leaked_share": _leaked_share(pool, idx),
+                     **(monitor.summary() if monitor else {}), **sel.info})
         (sel_dir / f"{name}.json").write_text(json.dumps({"source": sel.source, "indices": idx,
                                                            "ids": [pool["id"][i] for i in idx]}))
         log.info("%s: %s, OT distance %.4f", name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), otd)
     return {"config": to_plain(cfg), "task": task.name, "metric": task.metric, "results": rows,
             "reference": reference, "timings": dict(timer), "n_seed": len(data.seed),
             "n_true": len(data.task.train), "classes": data.task.classes}
+
+
+def check_seed_columns(task, seed, seed_cfg) -> None:
+    """A task that reads more than text from a seed row (SFT: its prompt) says so in ``seed_columns``."""
+    missing = [c for c in getattr(task, "seed_columns", ()) if c not in seed.column_names]
+    if missing:
+        raise UserError(f"task={task.name} needs seed rows with {missing}, and seed corpus '{seed_cfg.path}' has "
+                        f"only {seed.column_names}: give the seed config a prompt_template built from its fields, "
+                        f"e.g. +seed.prompt_template='Query: {{{seed_cfg.get('text_field') or 'text'}}}\\nPassage:'")
+
+
+def epoch_monitor(cfg, task, tokenizer, data) -> EpochMonitor | None:
+    """How retraining picks its epoch (``retrain.select_epoch``): ``final`` (the last epoch), ``val``
+    (the best epoch on the validation split carved from the true data; no test leakage) or
+    ``test`` (the best epoch on the test split: the paper's protocol, for comparison only, since
+    it reports a maximum over test scores)."""
+    mode = cfg.retrain.get("select_epoch", "final")
+    if mode == "final":
+        return None
+    split = data.val if mode == "val" else data.test
+    sign = 1.0 if task.higher_is_better else -1.0
+    return EpochMonitor(lambda m: sign * task.evaluate(m, tokenizer, split)[task.metric],
+                        patience=cfg.retrain.get("patience"), sign=sign)
+
+
+def _leaked_share(pool, idx) -> float | None:
+    """Share of the picks that are true training rows mixed into the seed corpus (``seed.leak_fraction``)."""
+    if "leaked" not in pool.column_names:
+        return None
+    leaked = pool["leaked"]
+    return sum(bool(leaked[i]) for i in idx) / max(1, len(idx))
 
 
 def _groups(pool, idx) -> dict | None:

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save
 
 from src.cache import atomic_write_bytes, atomic_write_json, file_sha256, stable_hash, text_fingerprint
-from src.data.loading import TaskData, load_seed, load_task
+from src.data.loading import TaskData, load_seed, load_task, mix_in_true
 from src.errors import UserError
 from src.gradients.runner import gradient_pass
 from src.models import ModelPair, check_compatible, checkpoint_alphas
@@ -36,10 +36,11 @@ class Data:
 
 def load_data(cfg) -> Data:
     task = load_task(cfg.dataset, cfg.rng, cfg.task)
-    exclude = set(task.train["id"]) | set(task.test["id"]) if cfg.seed.get("exclude_true") else set()
-    seed = load_seed(cfg.seed, cfg.rng, exclude)
-    log.info("data: %d true train / %d test examples; seed corpus %d examples",
-             len(task.train), len(task.test), len(seed))
+    splits = [task.train, task.test] + ([task.val] if task.val is not None else [])
+    exclude = set().union(*(s["id"] for s in splits)) if cfg.seed.get("exclude_true") else set()
+    seed = mix_in_true(load_seed(cfg.seed, cfg.rng, exclude), task.train, cfg.seed.get("leak_fraction") or 0, cfg.rng)
+    log.info("data: %d true train / %d val / %d test examples; seed corpus %d examples", len(task.train),
+             0 if task.val is None else len(task.val), len(task.test), len(seed))
     return Data(task, seed)
 
 
@@ -109,9 +110,11 @@ def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[tor
         raise UserError(f"gradient.store_dtype must be one of {sorted(_DTYPES)}")
     projector = task.make_projector(pair) if hasattr(task, "make_projector") else \
         instantiate(cfg.projector)(in_dim=task.gradient_dim(pair), d=cfg.d)
-    alphas = checkpoint_alphas(cfg.P)
+    alphas = checkpoint_alphas(cfg.P, cfg.get("checkpoints", "theta_f"))
+    # A task may fit something to the corpus first (e.g. a preconditioner); what it fit keys the store.
+    prepared = task.prepare_gradients(pair, data.seed, labels, alphas) if hasattr(task, "prepare_gradients") else {}
     store_cfg = {"autolabel": labels["key"], "alphas": alphas, "projector": projector.describe(),
-                 "head": cfg.model.head, "dtype": cfg.gradient.store_dtype}
+                 "head": cfg.model.head, "dtype": cfg.gradient.store_dtype, **({"task": prepared} if prepared else {})}
     root = Path(cfg.cache_dir) / "grads" / stable_hash(store_cfg)
     store = ShardStore(root, store_cfg, n_rows=len(data.seed), shard_size=cfg.gradient.shard_size)
     # One Lightning predict loop over the missing (checkpoint, shard) items, on whatever accelerator /

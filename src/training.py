@@ -76,23 +76,65 @@ class TrainModule(L.LightningModule):
                                                    "interval": "step"}}
 
 
-def fit(model, loader, ft, trainer_cfg, rng: int, logger=False, prefix="train", loss_fn=classification_loss):
-    """Train ``model`` in place for ``ft.epochs`` (or ``ft.max_steps``) over ``loader``."""
+class EpochMonitor(L.Callback):
+    """Scores the model after every epoch, keeps the best weights and stops early.
+
+    ``score(model) -> float`` (higher is better) is the task metric on a held-out split;
+    ``patience`` epochs without improvement end training (None: never). After ``fit`` the
+    best epoch's weights are loaded back (``restore``), so what is evaluated is that epoch.
+    """
+
+    def __init__(self, score: Callable, patience: int | None = None, restore: bool = True, sign: float = 1.0):
+        self.score, self.patience, self.restore, self.sign = score, patience, restore, sign
+        self.history: list[float] = []
+        self.best_epoch, self._best_state = -1, None
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        model = pl_module.model
+        model.eval()
+        s = float(self.score(model))
+        model.train()
+        self.history.append(s)
+        if self.best_epoch < 0 or s > self.history[self.best_epoch]:
+            self.best_epoch = len(self.history) - 1
+            if self.restore:
+                self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        elif self.patience and len(self.history) - 1 - self.best_epoch >= int(self.patience):
+            trainer.should_stop = True
+
+    def finish(self, model) -> None:
+        if self.restore and self._best_state is not None:
+            model.load_state_dict(self._best_state)
+        self._best_state = None
+
+    def summary(self) -> dict:
+        return {"epochs_run": len(self.history), "best_epoch": self.best_epoch + 1,
+                "epoch_scores": [round(self.sign * s, 6) for s in self.history]}  # in the metric's own units
+
+
+def fit(model, loader, ft, trainer_cfg, rng: int, logger=False, prefix="train", loss_fn=classification_loss,
+        monitor: EpochMonitor | None = None):
+    """Train ``model`` in place for ``ft.epochs`` (or ``ft.max_steps``) over ``loader``; with a
+    ``monitor``, end at (and keep) its best epoch."""
     # A fixed number of optimiser steps would make tiny selections train longer per example;
     # epochs keep "k examples seen E times" comparable across selectors.
-    trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=ft.get("max_steps") or -1)
+    trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=ft.get("max_steps") or -1,
+                            callbacks=[monitor] if monitor is not None else None)
     model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
     trainer.fit(TrainModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix, loss_fn), loader)
     model.eval()
+    if monitor is not None:
+        monitor.finish(model)
     return model
 
 
-def fit_classifier(model, tokenizer, texts, labels, ft, trainer_cfg, rng: int, logger=False, prefix="train"):
+def fit_classifier(model, tokenizer, texts, labels, ft, trainer_cfg, rng: int, logger=False, prefix="train",
+                   monitor: EpochMonitor | None = None):
     """Train a sequence classifier in place on (texts, labels) with the ``finetune`` config ``ft``."""
     L.seed_everything(rng, workers=True, verbose=False)
     loader = make_loader(tokenizer, texts, labels, batch_size=ft.batch_size, max_length=ft.max_length,
                          shuffle=True, seed=rng)
-    return fit(model, loader, ft, trainer_cfg, rng, logger, prefix)
+    return fit(model, loader, ft, trainer_cfg, rng, logger, prefix, monitor=monitor)
 
 
 class ForwardModule(L.LightningModule):

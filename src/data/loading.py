@@ -84,6 +84,9 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, sft: 
     for field, allowed in (cfg.get("include") or {}).items():
         allowed = set(allowed)
         rows = [r for r in rows if r[field] in allowed]
+    for field, banned in (cfg.get("exclude") or {}).items():
+        banned = set(banned)
+        rows = [r for r in rows if r[field] not in banned]
     id_field = cfg.get("id_field")
     cols = {"id": [str(r[id_field]) for r in rows] if id_field else [f"{what}:{i}" for i in range(len(rows))]}
     if cfg.get("prompt_template"):
@@ -124,6 +127,7 @@ class TaskData:
     train: datasets.Dataset  # the hidden true data θf was finetuned on
     test: datasets.Dataset
     classes: list[str]
+    val: datasets.Dataset | None = None  # true rows θf never saw, for choosing retraining epochs
 
 
 def load_task(cfg, rng: int, task: str = "classification") -> TaskData:
@@ -142,10 +146,28 @@ def load_task(cfg, rng: int, task: str = "classification") -> TaskData:
         train, test = parts["train"], parts["test"]
     if not classes and not sft:
         classes = [str(c) for c in sorted(set(train["label"]) | set(test["label"]))]
-    train, test = _sample(train, cfg.get("n_train"), rng), _sample(test, cfg.get("n_test"), rng + 1)
+    train, val = _carve_val(train, cfg.get("n_train"), int(cfg.get("n_val") or 0), rng)
+    test = _sample(test, cfg.get("n_test"), rng + 1)
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"dataset '{cfg.path}' has an empty train or test split after filtering")
-    return TaskData(train=train, test=test, classes=classes)
+    return TaskData(train=train, test=test, classes=classes, val=val)
+
+
+def _carve_val(pool: datasets.Dataset, n_train, n_val: int, rng: int):
+    """(train, val): train is exactly what ``_sample`` gives without a validation split (so θf's
+    data does not change with n_val); val comes from the rows after it in the same shuffle, or,
+    when the pool has no rows to spare, from train's end (train shrinks, and the log says so)."""
+    train = _sample(pool, n_train, rng)
+    if n_val <= 0:
+        return train, None
+    spare = pool.shuffle(seed=rng).select(range(len(train), len(pool))) if len(train) < len(pool) else None
+    if spare is not None and len(spare) >= n_val:
+        return train, spare.select(range(n_val))
+    if n_val >= len(train):
+        raise UserError(f"n_val={n_val} leaves no training rows (the train pool has {len(train)} rows)")
+    log.warning("dataset: no spare rows for a %d-row validation split; taking it from the %d train rows",
+                n_val, len(train))
+    return train.select(range(len(train) - n_val)), train.select(range(len(train) - n_val, len(train)))
 
 
 def load_seed(cfg, rng: int, exclude_ids: set[str] = frozenset()) -> datasets.Dataset:
@@ -160,3 +182,29 @@ def load_seed(cfg, rng: int, exclude_ids: set[str] = frozenset()) -> datasets.Da
     if len(ds) == 0:
         raise UserError(f"seed corpus '{cfg.path}' is empty (after filtering)")
     return ds
+
+
+def mix_in_true(seed: datasets.Dataset, train: datasets.Dataset, fraction: float, rng: int) -> datasets.Dataset:
+    """The seed corpus plus round(fraction·|train|) true training rows (seeded), marked in a
+    ``leaked`` column, to study selection when the true data leaked into the public corpus.
+
+    A leaked row carries only what a seed row carries (for SFT the prompt, not the response).
+    """
+    fraction = float(fraction)
+    if fraction == 0:
+        return seed
+    if not 0 < fraction <= 1:
+        raise UserError(f"seed.leak_fraction must be in [0, 1], got {fraction}")
+    n = round(fraction * len(train))
+    rows = train.shuffle(seed=rng + 2).select(range(n)).to_dict()
+    missing = [c for c in seed.column_names if c not in rows]
+    if missing:
+        raise UserError(f"seed.leak_fraction: the true data has no column(s) {missing} that the seed corpus has")
+    if "prompt" in seed.column_names:  # seed rows of SFT hold the prompt as their text
+        rows["text"] = rows["prompt"]
+    ids = set(rows["id"])
+    seed = seed.filter(lambda i: i not in ids, input_columns="id")  # no row twice when exclude_true is off
+    cols = {c: list(seed[c]) + list(rows[c]) for c in seed.column_names}
+    cols["leaked"] = [False] * len(seed) + [True] * n
+    log.info("seed corpus: mixed in %d true training rows (leak_fraction=%g)", n, fraction)
+    return datasets.Dataset.from_dict(cols).shuffle(seed=rng + 3).flatten_indices()

@@ -24,9 +24,9 @@ class ClassificationTask:
     def load_finetuned(self, path, data):
         return load_finetuned(path, len(data.classes))
 
-    def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False):
+    def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False, monitor=None):
         return fit_classifier(model, tokenizer, examples["text"], examples["label"], ft, self.cfg.trainer,
-                              rng=self.cfg.rng, logger=logger, prefix=prefix)
+                              rng=self.cfg.rng, logger=logger, prefix=prefix, monitor=monitor)
 
     # -- examples -----------------------------------------------------------------
     @staticmethod

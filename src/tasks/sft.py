@@ -57,6 +57,7 @@ def sft_loss(model, batch):
 class SFTTask:
     name = "sft"
     metric, higher_is_better = "perplexity", False
+    seed_columns = ("prompt",)  # θf answers each seed row's prompt
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -96,10 +97,10 @@ class SFTTask:
         return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=sft_collate(tok, self.cfg.model.max_length),
                           generator=torch.Generator().manual_seed(self.cfg.rng))
 
-    def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False):
+    def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False, monitor=None):
         L.seed_everything(self.cfg.rng, workers=True, verbose=False)
         return fit(model, self._loader(tokenizer, examples, ft.batch_size, shuffle=True), ft, self.cfg.trainer,
-                   self.cfg.rng, logger, prefix, loss_fn=sft_loss)
+                   self.cfg.rng, logger, prefix, loss_fn=sft_loss, monitor=monitor)
 
     # -- examples -----------------------------------------------------------------
     @staticmethod

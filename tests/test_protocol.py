@@ -1,0 +1,117 @@
+"""Evaluation protocol and experiment knobs: the validation split, best-epoch retraining with early
+stopping, seed leakage, the checkpoint grid and the seed corpus's exclude filter."""
+import datasets
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.data.loading import _carve_val, mix_in_true
+from src.errors import UserError
+from src.models import checkpoint_alphas
+from src.pipeline import validate
+from src.stages import load_data
+from src.training import EpochMonitor
+
+
+def pool(n):
+    return datasets.Dataset.from_dict({"id": [f"t{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)],
+                                       "label": [i % 2 for i in range(n)]})
+
+
+def test_validation_rows_are_disjoint_and_leave_train_as_without_them():
+    train0, none = _carve_val(pool(100), 40, 0, rng=3)
+    train, val = _carve_val(pool(100), 40, 10, rng=3)
+    assert none is None and train["id"] == train0["id"]  # θf's data does not move with n_val
+    assert len(val) == 10 and not set(val["id"]) & set(train["id"])
+
+
+def test_validation_from_train_end_when_the_pool_is_used_up():
+    train, val = _carve_val(pool(30), None, 5, rng=0)
+    assert len(train) == 25 and len(val) == 5 and not set(val["id"]) & set(train["id"])
+    with pytest.raises(UserError, match="leaves no training rows"):
+        _carve_val(pool(4), None, 4, rng=0)
+
+
+def test_seed_never_holds_val_or_test_rows(tiny_cfg):
+    data = load_data(tiny_cfg("dataset.n_val=16"))
+    true_ids = set(data.task.train["id"]) | set(data.task.test["id"]) | set(data.task.val["id"])
+    assert len(data.task.val) == 16 and not true_ids & set(data.seed["id"])
+
+
+def test_leak_fraction_mixes_marked_true_rows_into_the_seed():
+    seed = datasets.Dataset.from_dict({"id": [f"s{i}" for i in range(20)], "text": [f"seed {i}" for i in range(20)]})
+    out = mix_in_true(seed, pool(10), 0.5, rng=0)
+    leaked = [i for i, flag in zip(out["id"], out["leaked"]) if flag]
+    assert len(out) == 25 and len(leaked) == 5 and all(i.startswith("t") for i in leaked)
+    assert mix_in_true(seed, pool(10), 0.0, rng=0) is seed
+    with pytest.raises(UserError, match="leak_fraction"):
+        mix_in_true(seed, pool(10), 1.5, rng=0)
+
+
+def test_leak_share_is_reported_per_selector(tiny_cfg, tmp_path):
+    from src.pipeline import run
+
+    res = run(tiny_cfg("seed.leak_fraction=0.5", "baselines=[random]", "retrain.select_epoch=final"), tmp_path / "r")
+    for r in res["results"]:
+        assert 0 <= r["leaked_share"] <= 1
+    assert res["n_seed"] == 60 + 20  # 40 true rows × 0.5 on top of the 60 seed rows
+
+
+def test_checkpoint_grids():
+    assert checkpoint_alphas(4) == checkpoint_alphas(4, "theta_f") == [0.25, 0.5, 0.75, 1.0]
+    assert checkpoint_alphas(4, "theta_0") == [0.0, 0.25, 0.5, 0.75]
+    assert checkpoint_alphas(1, "theta_0") == [0.0]
+    with pytest.raises(UserError, match="checkpoints must be one of"):
+        checkpoint_alphas(2, "middle")
+
+
+def test_exclude_filter_drops_the_task_topics_from_the_harder_seed(tiny_cfg):
+    data = load_data(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=200", "+seed.group_field=lexname"))
+    assert not {"noun.animal", "noun.plant", "noun.food", "noun.artifact"} & set(data.seed["group"])
+
+
+class _Stub(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+class _Trainer:
+    should_stop = False
+
+
+def test_epoch_monitor_keeps_the_best_epoch_and_stops_early():
+    model, scores = _Stub(), iter([0.1, 0.5, 0.4, 0.3, 0.2])
+    mon = EpochMonitor(lambda m: next(scores), patience=2)
+    module, trainer = type("M", (), {"model": model})(), _Trainer()
+    for epoch in range(4):
+        model.w.data.fill_(float(epoch))
+        mon.on_train_epoch_end(trainer, module)
+        if trainer.should_stop:
+            break
+    assert trainer.should_stop and len(mon.history) == 4  # epochs 3 and 4 did not beat epoch 2
+    mon.finish(model)
+    assert float(model.w) == 1.0 and mon.summary()["best_epoch"] == 2
+
+
+def test_select_epoch_is_validated(tiny_cfg):
+    with pytest.raises(UserError, match="select_epoch"):
+        validate(tiny_cfg("retrain.select_epoch=best"))
+    with pytest.raises(UserError, match="n_val"):
+        validate(tiny_cfg("retrain.select_epoch=val", "dataset.n_val=0"))
+    validate(OmegaConf.merge(tiny_cfg(), {"retrain": {"select_epoch": "test"}}))
+
+
+def test_sft_with_a_seed_corpus_without_prompts_fails_in_one_line(tmp_path):
+    """`task=sft seed=nq` used to die on a missing 'prompt' column; a plain-text local seed file stands in for NQ."""
+    import subprocess
+    import sys
+
+    seed = tmp_path / "passages.jsonl"
+    seed.write_text("".join(f'{{"answer": "passage number {i}"}}\n' for i in range(30)))
+    out = subprocess.run([sys.executable, "-m", "src.main", "task=sft", "logger=none", "seed=local",
+                          f"seed.path={seed}", "seed.text_field=answer", f"cache_dir={tmp_path}/c",
+                          f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: task=sft needs seed rows with ['prompt']") and "prompt_template" in err
