@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from src.errors import UserError, did_you_mean
 
-TASKS = {"classification": "src.tasks.classification:ClassificationTask", "sft": "src.tasks.sft:SFTTask"}
+TASKS = {"classification": "src.tasks.classification:ClassificationTask",
+         "classify_lm": "src.tasks.classify_lm:ClassifyLMTask", "sft": "src.tasks.sft:SFTTask"}
 
 
 def get_task(cfg):
