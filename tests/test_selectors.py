@@ -55,3 +55,32 @@ def test_k_larger_than_corpus_or_nonpositive_is_a_user_error(cls):
         cls()(ctx(N=20), 21)
     with pytest.raises(UserError, match="positive"):
         cls()(ctx(N=20), 0)
+
+
+def test_topk_balanced_gives_each_class_an_equal_share_of_its_best_rows():
+    from src.selectors.topk import alignment
+    from src.selectors.topk_balanced import TopKBalancedSelector
+
+    c = ctx(N=30)
+    idx = TopKBalancedSelector()(c, 9).indices
+    scores = alignment(c.grads, c.target)
+    assert len(set(idx.tolist())) == 9
+    for cls in range(3):
+        rows = torch.nonzero(c.labels == cls)[:, 0]
+        mine = [i for i in idx.tolist() if c.labels[i] == cls]
+        assert len(mine) == 3
+        assert set(mine) == set(rows[torch.argsort(-scores[rows])[:3]].tolist())
+
+
+def test_topk_balanced_fills_a_short_class_by_score_and_needs_labels():
+    from src.selectors.topk_balanced import balanced_top
+
+    labels = torch.tensor([0, 0, 0, 0, 0, 1])
+    scores = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    assert sorted(balanced_top(scores, labels, 4).tolist()) == [0, 1, 2, 5]  # class 1 has one row only
+    c = ctx()
+    c.labels = None
+    from src.selectors.topk_balanced import TopKBalancedSelector
+
+    with pytest.raises(UserError, match="needs class autolabels"):
+        TopKBalancedSelector()(c, 4)
