@@ -1,0 +1,52 @@
+"""The paper's experiments as named configs: each composes to the paper's setting, and the same
+code path runs end to end with a tiny random model of the same architecture family (the hub is
+out of reach here, so the embedded WordNet data stands in for the hub datasets)."""
+import pytest
+from omegaconf import OmegaConf
+
+from src.lm.base_lm import ensure_base_lm
+from src.pipeline import run
+
+from hydra import compose, initialize_config_dir
+
+from src.main import register_resolvers
+from tests.conftest import CONF, compose_cfg
+from tests.test_classify_lm import TINY_CLM
+
+def compose_plain(overrides):
+    """The real config with no test shrinking (conftest's TINY would replace model, k, d and P)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+PAPER_CLASSIFICATION = {"paper_ag_news": ("fancyzhx/ag_news", 4), "paper_dbpedia": ("fancyzhx/dbpedia_14", 14),
+                        "paper_imdb": ("stanfordnlp/imdb", 2)}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CLASSIFICATION))
+def test_paper_classification_configs_compose_to_the_paper_setting(name, tmp_path):
+    cfg = compose_plain([f"experiment={name}"])
+    assert (cfg.k, cfg.d, cfg.P, cfg.checkpoints) == (1000, 4096, 1, "theta_f")
+    path, n_classes = PAPER_CLASSIFICATION[name]
+    assert cfg.task == "classify_lm" and cfg.model.name_or_path == "gpt2" and cfg.model.head == "lm_head"
+    assert cfg.dataset.path == path and len(cfg.dataset.label_words) == len(cfg.dataset.classes) == n_classes
+    assert cfg.seed.path == "sentence-transformers/natural-questions" and cfg.seed.max_examples == 10000
+    assert cfg.retrain.epochs == 100 and cfg.retrain.select_epoch == "val"
+    assert "topk_balanced" in cfg.baselines and "expert" in cfg.baselines
+
+
+def test_paper_ag_news_runs_end_to_end_with_a_tiny_random_gpt2(tmp_path):
+    tiny_lm = {k.split("=")[0]: k.split("=")[1] for k in TINY_CLM if k.startswith("base_lm.")}
+    base = compose_cfg([f"{k}={v}" for k, v in tiny_lm.items()], tmp_path)
+    tokenizer = ensure_base_lm(OmegaConf.to_container(base.base_lm, resolve=True), tmp_path / "cache")
+    cfg = compose_cfg(["experiment=paper_ag_news", "dataset=wordnet_topics", "seed=wordnet",
+                       "model.name_or_path=random:gpt2", f"model.tokenizer={tokenizer}", "model.max_length=48",
+                       "+model.config={n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}",
+                       "dataset.label_words=[' animal',' plant',' food',' object']",
+                       "dataset.n_train=40", "dataset.n_test=24", "dataset.n_val=16", "seed.max_examples=60",
+                       "retrain.epochs=2", "finetune.epochs=1", "baselines=[random,topk_balanced]"], tmp_path)
+    res = run(cfg, tmp_path / "run")
+    assert res["task"] == "classify_lm" and res["config"]["model"]["head"] == "lm_head"
+    assert [r["selector"] for r in res["results"]] == ["select", "random", "topk_balanced"]
+    assert all(0 <= r["accuracy"] <= 1 for r in res["results"])
