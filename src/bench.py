@@ -41,15 +41,30 @@ def aggregate(results: list[dict]) -> list[dict]:
     return rows
 
 
+def gap_closed(value: float, random: float, thetaf: float) -> float | None:
+    """Share of the random → θf gap a selector closes: (m − m_random) / (m_θf − m_random).
+
+    The same formula serves accuracy and perplexity (both differences change sign together)."""
+    return None if thetaf == random else (value - random) / (thetaf - random)
+
+
 def format_table(rows: list[dict], reference: dict | None = None, metric: str = "accuracy") -> str:
-    lines = [f"{'selector':<18} {metric:>17} {'OT distance':>17}  composition of picks (mean share)"]
+    thetaf = (reference or {}).get(f"thetaf_{metric}")
+    rand = next((r[metric][0] for r in rows if r["selector"] == "random"), None)
+    lines = [f"{'selector':<22} {metric:>17} {'OT distance':>17} {'gap closed':>10}  composition of picks (mean share)"]
     for r in rows:
         (am, asd), (om, osd) = r[metric], r["ot_distance"]
         top = sorted(r["composition"].items(), key=lambda kv: -kv[1])[:5]
         comp = " ".join(f"{c.split('.')[-1]}:{v:.2f}" for c, v in top)
-        lines.append(f"{r['selector']:<18} {am:>9.4f} ± {asd:.4f} {om:>9.4f} ± {osd:.4f}  {comp}")
-    if reference:
-        lines.append("reference: " + ", ".join(f"{k} {v[0]:.4f} ± {v[1]:.4f}" for k, v in reference.items()))
+        gap = gap_closed(am, rand, thetaf[0]) if thetaf is not None and rand is not None else None
+        name = "expert (k true rows)" if r["selector"] == "expert" else r["selector"]
+        lines.append(f"{name:<22} {am:>9.4f} ± {asd:.4f} {om:>9.4f} ± {osd:.4f} "
+                     f"{'' if gap is None else f'{gap:>10.2f}':>10}  {comp}")
+    for key, label in ((f"thetaf_{metric}", "θf (the finetuned model)"), (f"theta0_{metric}", "θ0 (the base model)")):
+        if reference and key in reference:
+            lines.append(f"{label:<22} {reference[key][0]:>9.4f} ± {reference[key][1]:.4f}")
+    lines.append("gap closed = (selector − random) / (θf − random); 'expert' retrains θ0 on k true rows, "
+                 "θf is the finetuned model itself (the paper's expert row)")
     return "\n".join(lines)
 
 

@@ -44,15 +44,18 @@ def print_table(res: dict) -> None:
     from rich.table import Table
 
     c, m, ref = res["config"], res["metric"], res["reference"]
-    t = Table(title=f"weights2data ({res['task']}): k={c['k']} d={c['d']} P={c['P']} rng={c['rng']} "
-                    f"(θ0 {m} {ref[f'theta0_{m}']:.3f}, θf {m} {ref[f'thetaf_{m}']:.3f})")
+    t = Table(title=f"weights2data ({res['task']}): k={c['k']} d={c['d']} P={c['P']} rng={c['rng']}")
     for col in ("selector", m, "OT distance", "what the picks are"):
         t.add_column(col)
     for r in res["results"]:
         # Class balance of the training labels (classification), else the picks' source groups, largest first.
         shares = r["class_balance"] or dict(sorted((r.get("groups") or {}).items(), key=lambda kv: -kv[1])[:4])
-        t.add_row(r["selector"], f"{r[m]:.4f}", f"{r['ot_distance']:.4f}",
+        name = "expert (k true rows)" if r["selector"] == "expert" else r["selector"]
+        t.add_row(name, f"{r[m]:.4f}", f"{r['ot_distance']:.4f}",
                   " ".join(f"{k.split('.')[-1]}:{v:.2f}" for k, v in shares.items()))
+    # The references are models, not selections: θf is what the paper's tables call "expert".
+    t.add_row("θf (the finetuned model)", f"{ref[f'thetaf_{m}']:.4f}", "", "reference, not a selection")
+    t.add_row("θ0 (the base model)", f"{ref[f'theta0_{m}']:.4f}", "", "reference, not a selection")
     Console(width=140).print(t)
 
 
