@@ -99,3 +99,38 @@ def test_unknown_running_sum_mode_is_a_clear_error():
     G, t = rand(1, 5, 3, seed=0)
     with pytest.raises(ValueError, match="running_sum"):
         greedy_select(G, t, 2, running_sum="nope")
+
+
+@pytest.mark.parametrize("mode,normalize,reset", list(itertools.product(MODES, [False, True], [None, 4])))
+def test_centred_fast_greedy_equals_centred_reference(mode, normalize, reset):
+    G, t = rand(3, 40, 8, seed=11)
+    G = G + torch.randn(3, 1, 8, dtype=torch.float64)  # a shared direction per checkpoint, as in LM heads
+    kw = dict(running_sum=mode, normalize=normalize, reset_every=reset, center=True)
+    a, oa = greedy_select(G, t, 12, **kw)
+    b, ob = greedy_select_naive(G, t, 12, **kw)
+    c, _ = greedy_select(G, t, 12, chunk=7, **kw)
+    assert a.tolist() == b.tolist() == c.tolist()
+    torch.testing.assert_close(oa, ob, rtol=1e-9, atol=1e-9)
+
+
+def test_centring_removes_the_shared_direction_and_its_target_component():
+    # Every row is ḡ + a small private part; the target is mostly ḡ. Uncentred, every row looks alike
+    # to the target; centred, only the private parts (and the target's ⟂ part) are compared.
+    G, t = rand(2, 30, 6, seed=12)
+    from src.selectors.select import center_naive
+    Gc, tj = center_naive(G, t[None].expand(2, -1))
+    torch.testing.assert_close(Gc.mean(1), torch.zeros(2, 6, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close((tj * G.mean(1)).sum(-1), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    from src.selectors.topk import alignment_naive
+    for center in (False, True):
+        torch.testing.assert_close(alignment(G, t, center=center), alignment_naive(G, t, center=center))
+        torch.testing.assert_close(alignment(G, t, chunk=7, center=center), alignment_naive(G, t, center=center))
+    # float16 store, float32 passes: same answer to float16 precision
+    torch.testing.assert_close(alignment(G.half(), t, center=True), alignment_naive(G.half(), t, center=True).float(),
+                               atol=2e-3, rtol=0)
+
+
+def test_centred_first_pick_is_centred_topk_first_pick():
+    G, t = rand(3, 50, 7, seed=13)
+    ctx = SelectionContext(n_seed=50, labels=None, logp_f=None, logp_0=None, grads=G, target=t)
+    assert SelectSelector(center=True)(ctx, 1).indices.tolist() == TopKSelector(center=True)(ctx, 1).indices.tolist()
