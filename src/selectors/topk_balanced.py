@@ -36,7 +36,10 @@ class TopKBalancedSelector(Selector):
     name = "topk_balanced"
     needs_gradients = True
 
+    def __init__(self, center: bool = False):
+        self.center = center  # as in top-k: score against the seed-mean-removed gradients
+
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         if ctx.labels is None:
             raise UserError("topk_balanced needs class autolabels; this task has none (use topk)")
-        return Selection(balanced_top(alignment(ctx.grads, ctx.target), ctx.labels, k))
+        return Selection(balanced_top(alignment(ctx.grads, ctx.target, center=self.center), ctx.labels, k))
