@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench bench-sft bench-speed sweep-demo report data base-lm clean
+.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-speed sweep-demo report data base-lm clean
 
 install:            ## venv + project with dev extras
 	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'
@@ -15,8 +15,19 @@ run:                ## SELECT vs every baseline on the embedded default
 test:               ## fast suite (tiny random models, tens of examples)
 	$(PY) -m pytest
 
-bench:              ## embedded task, 3 random seeds, mean ± std per selector
-	$(PY) -m src.bench --seeds 0 1 2
+bench: bench-classification bench-classify-lm bench-sft  ## every embedded benchmark, 3 random seeds each
+
+bench-classification:  ## embedded fresh-head classification, 3 random seeds, mean ± std per selector
+	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classification -- \
+	  "baselines=[topk,topk_balanced,random,likelihood,likelihood_ratio,expert]"
+
+CLM_BASELINES := "baselines=[select_centered,topk,topk_balanced,random,likelihood_ratio,expert]"
+bench-classify-lm:  ## label-word classification on the LM head: WordNet seed, the harder seed, raw gradients
+	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm -- task=classify_lm $(CLM_BASELINES)
+	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm_other_topics -- task=classify_lm \
+	  seed=wordnet_other_topics $(CLM_BASELINES)
+	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm_raw -- task=classify_lm \
+	  classify_lm.precondition=none "baselines=[select_centered,topk_balanced,random]"
 
 sweep-demo:         ## small multirun (SELECT vs topk/random at d=256,1024; a few minutes on 2 cores)
 	$(PY) -m src.main -m experiment=sweep_demo
