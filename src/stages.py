@@ -24,6 +24,7 @@ from src.errors import UserError
 from src.gradients.runner import gradient_pass
 from src.models import ModelPair, check_compatible, checkpoint_alphas
 from src.store import ShardStore
+from src.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,10 @@ class Data:
 
 
 def load_data(cfg) -> Data:
-    task = load_task(cfg.dataset, cfg.rng, cfg.task)
+    kind = getattr(get_task(cfg), "data_kind", "labelled")  # what the task reads: see src.data.loading
+    task = load_task(cfg.dataset, cfg.rng, kind)
     exclude = set(task.train["id"]) | set(task.test["id"]) if cfg.seed.get("exclude_true") else set()
-    seed = load_seed(cfg.seed, cfg.rng, exclude)
+    seed = load_seed(cfg.seed, cfg.rng, exclude, kind)
     log.info("data: %d true train / %d test examples; seed corpus %d examples",
              len(task.train), len(task.test), len(seed))
     return Data(task, seed)
