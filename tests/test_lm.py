@@ -13,6 +13,7 @@ from src.stages import autolabel, gradients, load_data, load_models
 from src.tasks import get_task
 from src.tasks.lm import document_collate
 from src.tasks.sft import response_nll
+from tests.conftest import compose_cfg
 
 # A tiny base LM (pretrained for a few steps on a few hundred texts) so the whole path runs in seconds.
 TINY_LM = ["task=lm", "model=wordnet_lm", "dataset=wordnet_documents", "seed=wordnet_documents",
@@ -22,12 +23,14 @@ TINY_LM = ["task=lm", "model=wordnet_lm", "dataset=wordnet_documents", "seed=wor
            "base_lm.max_steps=5", "base_lm.max_texts=300"]
 
 
-@pytest.fixture
-def lm_cfg(tiny_cfg):
-    return lambda *o: tiny_cfg(*TINY_LM, *o)
+@pytest.fixture(scope="module")
+def lm_cfg(tmp_path_factory):
+    # One cache per module: the tiny base LM, θf and autolabels are built once and reused by every test.
+    cache = tmp_path_factory.mktemp("lm")
+    return lambda *o: compose_cfg([*TINY_LM, *o], cache)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lm_setup(lm_cfg):
     cfg = lm_cfg()
     task = get_task(cfg)
@@ -86,8 +89,8 @@ def test_autolabel_only_scores_mean_token_loglikelihood(lm_setup):
     docs = data.seed["text"][:5]
     for key, alpha in (("logp_f", 1.0), ("logp_0", 0.0)):
         total, count = per_document_nll(pair.load(alpha), pair.tokenizer, docs, cfg.model.max_length)
-        torch.testing.assert_close(labels[key][:5].double(), -torch.tensor(total) / torch.tensor(count, dtype=torch.double),
-                                   rtol=1e-4, atol=1e-5)
+        mean_logp = -torch.tensor(total) / torch.tensor(count, dtype=torch.double)
+        torch.testing.assert_close(labels[key][:5].double(), mean_logp, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(labels["logp_f"], labels["logp_0"])  # θf and θ0 differ
 
 
@@ -129,7 +132,7 @@ def test_lm_end_to_end_reports_perplexity_for_every_selector(lm_cfg, tmp_path):
     assert [r["selector"] for r in res["results"]] == ["select", "topk", "random", "likelihood",
                                                        "likelihood_ratio", "expert"]
     ref = res["reference"]
-    assert ref["thetaf_perplexity"] < ref["theta0_perplexity"]  # finetuning on the true documents helps on held-out ones
+    assert ref["thetaf_perplexity"] < ref["theta0_perplexity"]  # training on true documents helps on held-out ones
     for r in res["results"]:
         assert r["k"] == 8 and r["perplexity"] > 1.0 and r["ot_distance"] >= 0
         assert abs(sum(r["groups"].values()) - 1) < 1e-6
