@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-speed sweep-demo report data base-lm clean
+.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed sweep-demo report data base-lm clean
 
 install:            ## venv + project with dev extras
 	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'
@@ -37,6 +37,9 @@ report:             ## compare the runs of a sweep (default: newest in outputs/m
 
 bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity per selector
 	$(PY) -m src.bench --seeds 0 1 2 -- task=sft
+
+bench-lm:           ## embedded raw-text LM task, 3 random seeds, mean ± std perplexity per selector
+	$(PY) -m src.bench --seeds 0 1 2 -- task=lm
 
 data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
 	$(PY) -m src.data.build_wordnet

@@ -24,6 +24,7 @@ from src.errors import UserError
 from src.gradients.runner import gradient_pass
 from src.models import ModelPair, check_compatible, checkpoint_alphas
 from src.store import ShardStore
+from src.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,12 @@ class Data:
 
 
 def load_data(cfg) -> Data:
-    task = load_task(cfg.dataset, cfg.rng, cfg.task)
+    kind = getattr(get_task(cfg), "data_kind", "labelled")  # what the task reads: see src.data.loading
+    task = load_task(cfg.dataset, cfg.rng, kind)
     splits = [task.train, task.test] + ([task.val] if task.val is not None else [])
     exclude = set().union(*(s["id"] for s in splits)) if cfg.seed.get("exclude_true") else set()
-    seed = mix_in_true(load_seed(cfg.seed, cfg.rng, exclude), task.train, cfg.seed.get("leak_fraction") or 0, cfg.rng)
+    seed = mix_in_true(load_seed(cfg.seed, cfg.rng, exclude, kind), task.train, cfg.seed.get("leak_fraction") or 0,
+                       cfg.rng)
     log.info("data: %d true train / %d val / %d test examples; seed corpus %d examples", len(task.train),
              0 if task.val is None else len(task.val), len(task.test), len(seed))
     return Data(task, seed)

@@ -115,3 +115,8 @@ def test_sft_with_a_seed_corpus_without_prompts_fails_in_one_line(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith("error: task=sft needs seed rows with ['prompt']") and "prompt_template" in err
+
+
+def test_validation_size_may_be_a_fraction_of_train():
+    train, val = _carve_val(pool(20), None, 0.1, rng=0)
+    assert len(val) == 2 and len(train) == 18

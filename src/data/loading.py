@@ -4,6 +4,12 @@ A data config names either a hub dataset (``path: ag_news``) or a local file
 (``path: my.csv``; CSV, JSON/JSONL or Parquet, the builder inferred from the suffix),
 plus the fields to read. Rows are normalised to columns ``text``, ``label`` (int) and
 ``id`` (str) so everything downstream is source-agnostic.
+
+What a task needs from its data is its *kind* (``Task.data_kind``):
+- ``labelled``: text + integer label (classification),
+- ``prompt_response``: prompt + response rendered by templates (SFT),
+- ``documents``: plain text only (language modelling; blank documents are dropped).
+``text`` is ``text_field``, or a ``text_template`` filled from each row (e.g. "{word}: {gloss}").
 """
 from __future__ import annotations
 
@@ -72,10 +78,14 @@ def _render(rows: list[dict], template: str, what: str) -> list[str]:
         raise UserError(f"{what}: template {template!r} needs field {e}; fields are {list(rows[0])}") from e
 
 
-def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, sft: bool = False) -> datasets.Dataset:
-    """Rows → columns text, id (+ label for classification, + prompt/response for SFT, + group if configured)."""
-    needed = [f for f in ([cfg.get("text_field")] + ([cfg.label_field] if classes is not None and not sft else []))
-              if f and not cfg.get("prompt_template")]
+KINDS = ("labelled", "prompt_response", "documents")
+
+
+def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind: str = "labelled") -> datasets.Dataset:
+    """Rows → columns text, id (+ label if labelled, + prompt/response for SFT, + group if configured)."""
+    labelled = classes is not None and kind == "labelled"
+    templated = cfg.get("prompt_template") or cfg.get("text_template")
+    needed = [f for f in ([cfg.get("text_field")] + ([cfg.label_field] if labelled else [])) if f and not templated]
     for field in needed:
         if field not in ds.column_names:
             raise UserError(f"{what} has no field '{field}'; fields are {ds.column_names}")
@@ -87,19 +97,29 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, sft: 
     for field, banned in (cfg.get("exclude") or {}).items():
         banned = set(banned)
         rows = [r for r in rows if r[field] not in banned]
+    if cfg.get("prompt_template") or cfg.get("text_template"):
+        texts = _render(rows, cfg.get("prompt_template") or cfg.text_template, what)
+    else:
+        texts = ["" if r[cfg.text_field] is None else str(r[cfg.text_field]) for r in rows]
+    if kind == "documents":  # a blank document has no tokens to learn or score: drop it, but never all
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        if rows and not keep:
+            raise UserError(f"{what}: every document is empty (text_field {cfg.get('text_field')!r}, "
+                            f"text_template {cfg.get('text_template')!r})")
+        if len(keep) < len(rows):
+            log.warning("%s: dropped %d empty documents of %d", what, len(rows) - len(keep), len(rows))
+            rows, texts = [rows[i] for i in keep], [texts[i] for i in keep]
     id_field = cfg.get("id_field")
     cols = {"id": [str(r[id_field]) for r in rows] if id_field else [f"{what}:{i}" for i in range(len(rows))]}
+    cols["text"] = texts
     if cfg.get("prompt_template"):
-        cols["prompt"] = _render(rows, cfg.prompt_template, what)
-        cols["text"] = cols["prompt"]
-    else:
-        cols["text"] = [str(r[cfg.text_field]) for r in rows]
-    if sft and cfg.get("response_template"):
+        cols["prompt"] = texts
+    if kind == "prompt_response" and cfg.get("response_template"):
         cols["response"] = _render(rows, cfg.response_template, what)
         cols["text"] = [p + r for p, r in zip(cols["prompt"], cols["response"])]
     if cfg.get("group_field"):
         cols["group"] = [str(r[cfg.group_field]) for r in rows]
-    if classes is not None and not sft:
+    if labelled:
         raw = [r[cfg.label_field] for r in rows]
         if raw and isinstance(raw[0], str):
             if not classes:
@@ -130,34 +150,37 @@ class TaskData:
     val: datasets.Dataset | None = None  # true rows θf never saw, for choosing retraining epochs
 
 
-def load_task(cfg, rng: int, task: str = "classification") -> TaskData:
-    """The hidden finetuning data and its held-out test split."""
+def load_task(cfg, rng: int, kind: str = "labelled") -> TaskData:
+    """The hidden finetuning data and its held-out test split, shaped for a task of data ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"data kind must be one of {KINDS}, got {kind!r}")
     table = load_table(cfg, "dataset")
-    sft = task == "sft"
-    if sft and not (cfg.get("prompt_template") and cfg.get("response_template")):
+    if kind == "prompt_response" and not (cfg.get("prompt_template") and cfg.get("response_template")):
         raise UserError("an SFT dataset config needs prompt_template and response_template")
-    classes = [] if sft else list(cfg.get("classes") or [])
-    train = _normalise(table[cfg.get("train_split", "train")], cfg, "dataset", classes, sft)
+    classes = list(cfg.get("classes") or []) if kind == "labelled" else []
+    train = _normalise(table[cfg.get("train_split", "train")], cfg, "dataset", classes, kind)
     test_split = cfg.get("test_split")
     if test_split:
-        test = _normalise(table[test_split], cfg, "dataset", classes, sft)
+        test = _normalise(table[test_split], cfg, "dataset", classes, kind)
     else:  # one file, no test split: a seeded split
         parts = train.train_test_split(test_size=cfg.get("test_size", 0.2), seed=rng)
         train, test = parts["train"], parts["test"]
-    if not classes and not sft:
+    if not classes and kind == "labelled":
         classes = [str(c) for c in sorted(set(train["label"]) | set(test["label"]))]
-    train, val = _carve_val(train, cfg.get("n_train"), int(cfg.get("n_val") or 0), rng)
+    train, val = _carve_val(train, cfg.get("n_train"), cfg.get("n_val") or 0, rng)
     test = _sample(test, cfg.get("n_test"), rng + 1)
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"dataset '{cfg.path}' has an empty train or test split after filtering")
     return TaskData(train=train, test=test, classes=classes, val=val)
 
 
-def _carve_val(pool: datasets.Dataset, n_train, n_val: int, rng: int):
+def _carve_val(pool: datasets.Dataset, n_train, n_val: float, rng: int):
     """(train, val): train is exactly what ``_sample`` gives without a validation split (so θf's
     data does not change with n_val); val comes from the rows after it in the same shuffle, or,
-    when the pool has no rows to spare, from train's end (train shrinks, and the log says so)."""
+    when the pool has no rows to spare, from train's end (train shrinks, and the log says so).
+    ``n_val`` is a row count, or a fraction of the training rows when below 1 (small local files)."""
     train = _sample(pool, n_train, rng)
+    n_val = max(1, round(n_val * len(train))) if 0 < n_val < 1 else int(n_val)
     if n_val <= 0:
         return train, None
     spare = pool.shuffle(seed=rng).select(range(len(train), len(pool))) if len(train) < len(pool) else None
@@ -170,10 +193,10 @@ def _carve_val(pool: datasets.Dataset, n_train, n_val: int, rng: int):
     return train.select(range(len(train) - n_val)), train.select(range(len(train) - n_val, len(train)))
 
 
-def load_seed(cfg, rng: int, exclude_ids: set[str] = frozenset()) -> datasets.Dataset:
+def load_seed(cfg, rng: int, exclude_ids: set[str] = frozenset(), kind: str = "labelled") -> datasets.Dataset:
     """The public seed corpus, with any row whose id is in the true data removed."""
     table = load_table(cfg, "seed corpus")
-    ds = _normalise(table[cfg.get("split", "train")], cfg, "seed corpus", None)
+    ds = _normalise(table[cfg.get("split", "train")], cfg, "seed corpus", None, kind)
     if exclude_ids:
         before = len(ds)
         ds = ds.filter(lambda i: i not in exclude_ids, input_columns="id")

@@ -1,16 +1,18 @@
-"""Tasks: what differs between classification and SFT, behind one small interface.
+"""Tasks: what differs between classification, SFT and language modelling, behind one small interface.
 
-A task says how to build θ0, train a model on examples, autolabel the seed corpus,
-compute projected last-layer gradients and evaluate. Everything else (caching, the
-gradient store, selectors, OT distance, results) is shared by ``src.stages`` and
-``src.pipeline``. ``get_task(cfg)`` is the registry.
+A task says what its data holds (``data_kind``: ``labelled``, ``prompt_response`` or
+``documents``, see ``src.data.loading``; ``labelled`` if unset), how to build θ0, train a model
+on examples, autolabel the seed corpus, compute projected last-layer gradients and evaluate.
+Everything else (caching, the gradient store, selectors, OT distance, results) is shared by
+``src.stages`` and ``src.pipeline``. ``get_task(cfg)`` is the registry.
 """
 from __future__ import annotations
 
 from src.errors import UserError, did_you_mean
 
 TASKS = {"classification": "src.tasks.classification:ClassificationTask",
-         "classify_lm": "src.tasks.classify_lm:ClassifyLMTask", "sft": "src.tasks.sft:SFTTask"}
+         "classify_lm": "src.tasks.classify_lm:ClassifyLMTask", "sft": "src.tasks.sft:SFTTask",
+         "lm": "src.tasks.lm:LMTask"}
 
 
 def get_task(cfg):

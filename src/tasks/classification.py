@@ -11,6 +11,7 @@ from src.training import accuracy, fit_classifier, logits_fn, predict, text_coll
 
 class ClassificationTask:
     name = "classification"
+    data_kind = "labelled"
     metric, higher_is_better = "accuracy", True
 
     def __init__(self, cfg):

@@ -56,6 +56,7 @@ def sft_loss(model, batch):
 
 class SFTTask:
     name = "sft"
+    data_kind = "prompt_response"
     metric, higher_is_better = "perplexity", False
     seed_columns = ("prompt",)  # θf answers each seed row's prompt
 
