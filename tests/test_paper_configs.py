@@ -50,3 +50,27 @@ def test_paper_ag_news_runs_end_to_end_with_a_tiny_random_gpt2(tmp_path):
     assert res["task"] == "classify_lm" and res["config"]["model"]["head"] == "lm_head"
     assert [r["selector"] for r in res["results"]] == ["select", "random", "topk_balanced"]
     assert all(0 <= r["accuracy"] <= 1 for r in res["results"])
+
+
+def test_paper_msmarco_composes_to_plain_lm_on_passages():
+    cfg = compose_plain(["experiment=paper_msmarco"])
+    assert (cfg.task, cfg.k, cfg.d, cfg.P) == ("lm", 500, 4096, 1)
+    assert cfg.model.name_or_path == "gpt2" and cfg.model.head == "lm_head"
+    assert cfg.dataset.path == "sentence-transformers/msmarco-corpus" and cfg.dataset.text_field == "text"
+    assert cfg.seed.path == "sentence-transformers/natural-questions" and cfg.seed.max_examples == 10000
+    assert not cfg.dataset.get("prompt_template") and cfg.retrain.epochs == 100
+
+
+def test_paper_msmarco_runs_end_to_end_with_a_tiny_random_gpt2(tmp_path):
+    tiny_lm = {k.split("=")[0]: k.split("=")[1] for k in TINY_CLM if k.startswith("base_lm.")}
+    base = compose_cfg([f"{k}={v}" for k, v in tiny_lm.items()], tmp_path)
+    tokenizer = ensure_base_lm(OmegaConf.to_container(base.base_lm, resolve=True), tmp_path / "cache")
+    cfg = compose_cfg(["experiment=paper_msmarco", "dataset=wordnet_documents", "seed=wordnet_documents",
+                       "model.name_or_path=random:gpt2", f"model.tokenizer={tokenizer}", "model.max_length=48",
+                       "+model.config={n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}",
+                       "dataset.n_train=40", "dataset.n_test=24", "dataset.n_val=16", "seed.max_examples=60",
+                       "retrain.epochs=2", "finetune.epochs=1", "baselines=[random]"], tmp_path)
+    res = run(cfg, tmp_path / "run")
+    assert res["task"] == "lm" and res["metric"] == "perplexity"
+    assert [r["selector"] for r in res["results"]] == ["select", "random"]
+    assert all(r["perplexity"] > 1 for r in res["results"])
