@@ -15,7 +15,7 @@ run:                ## SELECT vs every baseline on the embedded default
 test:               ## fast suite (tiny random models, tens of examples)
 	$(PY) -m pytest
 
-bench: bench-classification bench-classify-lm bench-sft  ## every embedded benchmark, 3 random seeds each
+bench: bench-classification bench-classify-lm bench-sft bench-lm  ## every embedded benchmark, 3 random seeds each
 
 bench-classification:  ## embedded fresh-head classification, 3 random seeds, mean ± std per selector
 	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classification -- \
@@ -35,11 +35,12 @@ sweep-demo:         ## small multirun (SELECT vs topk/random at d=256,1024; a fe
 report:             ## compare the runs of a sweep (default: newest in outputs/multiruns) -> <sweep>/report/
 	$(PY) -m src.report $(SWEEP)
 
+LM_BASELINES := "baselines=[select_centered,topk,random,likelihood,likelihood_ratio,expert]"
 bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity per selector
-	$(PY) -m src.bench --seeds 0 1 2 -- task=sft
+	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/sft -- task=sft $(LM_BASELINES)
 
 bench-lm:           ## embedded raw-text LM task, 3 random seeds, mean ± std perplexity per selector
-	$(PY) -m src.bench --seeds 0 1 2 -- task=lm
+	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/lm -- task=lm $(LM_BASELINES)
 
 data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
 	$(PY) -m src.data.build_wordnet
