@@ -11,11 +11,14 @@ row: a_ij = g'_ij·t̂_j and b_ij = ‖g'_ij‖² (fixed), c_ij = s_j·g'_ij (th
   whole selection reads about ln(1/ε) matrices' worth of rows instead of k. For monotone
   submodular objectives this keeps (1 − 1/e − ε) of the optimum in expectation (Mirzasoleiman et
   al., 2015); the cosine objective is not submodular, so its quality is measured, not assumed.
+- batched greedy (``method="batched"``, src/selectors/batched.py): exact greedy steps inside a pool
+  of the ``pool`` best rows, one pass over G per ``batch`` picks.
 
 Progress: a tqdm bar over steps. Resume: with ``checkpoint`` set, the full loop state (picks,
 objective values, running sums, c, sampler state) is written atomically every
 ``checkpoint_every_s`` seconds and at the end; a rerun with the same inputs and options continues
-from it and gives the same picks as an uninterrupted run (a finished file answers any k ≤ its length).
+from it and gives the same picks as an uninterrupted run (for exact greedy, a finished file answers
+any k ≤ its length: its picks do not depend on k).
 """
 from __future__ import annotations
 
@@ -30,10 +33,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from src.errors import UserError
+from src.selectors.batched import batched_greedy
 from src.selectors.passes import LOW, acc_dtype, gathered_products, mean_pass, products, stats_pass
 
 MODES = ("per_checkpoint", "shared")
-METHODS = ("exact", "stochastic")
+METHODS = ("exact", "stochastic", "batched")
+_GATHER = 512  # sampled rows gathered at a time: the copy stays in cache for its product
 
 
 def prepare(rows, target, *, normalize=False, center=False, precision="stored", progress=False) -> dict:
@@ -55,7 +60,7 @@ def prepare(rows, target, *, normalize=False, center=False, precision="stored", 
     t = target.to(dev, acc)
     if center:
         gg = (gbar * gbar).sum(-1, keepdim=True)
-        coef = torch.where(gg > 0, (gbar @ t)[:, None] / gg.clamp_min(1e-300), torch.zeros_like(gg))
+        coef = torch.where(gg > 0, (gbar @ t)[:, None] / gg.clamp_min(torch.finfo(acc).tiny), torch.zeros_like(gg))
         T = F.normalize(t[None] - coef * gbar, dim=-1)                   # t̂_j ⟂ ḡ_j
         a, gm = products(rows, [T, gbar], sq, precision, progress, "target")
         a = a - (gbar * T).sum(-1, keepdim=True)                         # ⟨g − ḡ, t̂⟩ (the ⟨ḡ, t̂⟩ term ≈ 0)
@@ -65,7 +70,7 @@ def prepare(rows, target, *, normalize=False, center=False, precision="stored", 
         (a,) = products(rows, [T], sq, precision, progress, "target")
         b = sq
         gbar = torch.zeros(P, d, dtype=acc, device=dev)
-    r = b.clamp_min(1e-300).rsqrt() if normalize else torch.ones_like(b)
+    r = b.clamp_min(torch.finfo(acc).tiny).rsqrt() if normalize else torch.ones_like(b)
     return {"acc": acc, "sq": sq, "gbar": gbar, "T": T, "a": a * r, "b": b * r * r, "r": r, "center": center}
 
 
@@ -87,6 +92,13 @@ def _key(rows, target, opts) -> str:
     return h.hexdigest()[:16]
 
 
+def _load(path: Path) -> dict | None:
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception:  # unreadable (e.g. from another torch version): start over rather than fail
+        return None
+
+
 def _save(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -96,7 +108,7 @@ def _save(path: Path, state: dict) -> None:
 
 def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=None, normalize=False, center=False,
            method="exact", epsilon=0.01, seed=0, precision="stored", progress=False, checkpoint=None,
-           checkpoint_every_s=10.0, on_step=None):
+           checkpoint_every_s=10.0, on_step=None, batch=100, pool=1000):
     """Greedy selection on a ``Rows`` source. Returns (indices [k] long, objective [k] float64), on the CPU."""
     if running_sum not in MODES:
         raise UserError(f"select: running_sum must be one of {MODES}, got '{running_sum}'")
@@ -106,16 +118,26 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
     k = int(k)
     opts = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center, method=method,
                 epsilon=float(epsilon), seed=int(seed), precision=precision)
+    if method == "stochastic":
+        opts["k"] = k  # the sample size depends on k, so a prefix of a longer run is not this run
+    if method == "batched":
+        opts.update(k=k, batch=int(batch), pool=int(pool))  # batch boundaries depend on k
     key = _key(rows, target, opts)
     path = Path(checkpoint) if checkpoint else None
-    saved = torch.load(path, weights_only=False) if path and path.exists() else None
+    saved = _load(path) if path and path.exists() else None
     if saved is not None and saved.get("key") != key:
         saved = None  # another selection's state: start over (the file is overwritten)
     if saved is not None and len(saved["picks"]) >= k:
         return torch.tensor(saved["picks"][:k], dtype=torch.long), torch.tensor(saved["objective"][:k],
                                                                                 dtype=torch.float64)
     st = prepare(rows, target, normalize=normalize, center=center, precision=precision, progress=progress)
+    if method == "batched":
+        return batched_greedy(rows, st, k, running_sum=running_sum, reset_every=reset_every, batch=batch, pool=pool,
+                              saved=saved, save=lambda state: path and _save(path, {"key": key, **state}),
+                              progress=progress, checkpoint_every_s=checkpoint_every_s, on_step=on_step,
+                              precision=precision)
     acc, dev, T, a, b = st["acc"], rows.device, st["T"], st["a"], st["b"]
+    tiny = torch.finfo(acc).tiny
     gen = torch.Generator().manual_seed(int(seed))
     sample = max(1, math.ceil(N / max(k, 1) * math.log(1 / float(epsilon)))) if method == "stochastic" else N
     s = torch.zeros(P, d, dtype=acc, device=dev)
@@ -139,18 +161,15 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
                 c.zero_()
         st_, ss = (s * T).sum(-1), (s * s).sum(-1)                              # [P]
         if method == "exact":
-            norm = (ss[:, None] + 2 * c + b).clamp_min(1e-300).sqrt()          # ‖s_j + g'_ij‖
+            norm = (ss[:, None] + 2 * c + b).clamp_min(tiny).sqrt()          # ‖s_j + g'_ij‖
             score = ((st_[:, None] + a) / norm).mean(0)
             score[taken] = -float("inf")
             m = int(torch.argmax(score))
             best = float(score[m])
         else:
             cand = _sample(taken, sample, gen, N - step)
-            rows_c = rows.gather(cand)                                          # [P, m, d] stored dtype
-            cc = (gathered_products(rows_c, s, st["sq"][:, cand], acc, precision)
-                  - (st["gbar"] * s).sum(-1, keepdim=True)) * st["r"][:, cand]
-            norm = (ss[:, None] + 2 * cc + b[:, cand]).clamp_min(1e-300).sqrt()
-            score = ((st_[:, None] + a[:, cand]) / norm).mean(0)
+            score = torch.cat([_sample_scores(rows, st, s, cand[lo:lo + _GATHER], st_, ss, precision)
+                               for lo in range(0, len(cand), _GATHER)])
             i = int(torch.argmax(score))
             m, best = int(cand[i]), float(score[i])
         picks.append(m)
@@ -171,6 +190,14 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
     if path:
         _save(path, state())
     return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
+
+
+def _sample_scores(rows, st, s, cand, st_, ss, precision):
+    """Exact scores of the rows ``cand`` against the running sum s, from the rows themselves (gathered)."""
+    cc = (gathered_products(rows.gather(cand), s, st["sq"][:, cand], st["acc"], precision)
+          - (st["gbar"] * s).sum(-1, keepdim=True)) * st["r"][:, cand]
+    norm = (ss[:, None] + 2 * cc + st["b"][:, cand]).clamp_min(torch.finfo(st["acc"]).tiny).sqrt()
+    return ((st_[:, None] + st["a"][:, cand]) / norm).mean(0)
 
 
 def _sample(taken: torch.Tensor, size: int, gen: torch.Generator, remaining: int) -> torch.Tensor:

@@ -88,8 +88,11 @@ class Rows:
 
 
 class TensorRows(Rows):
-    def __init__(self, G: torch.Tensor, device=None, block_rows: int = 16384):
+    """A tensor as a source; ``sq`` ([P, N] ‖g‖², if the caller already has them) spares a widening pass."""
+
+    def __init__(self, G: torch.Tensor, device=None, block_rows: int = 16384, sq: torch.Tensor | None = None):
         G = G if G.dim() == 3 else G[None]
+        self.sq = sq
         self.device = torch.device(device) if device is not None else G.device
         if self.device != G.device and fits_on(self.device, G.numel() * G.element_size()):
             G, block_rows = G.to(self.device), max(block_rows, G.shape[1])  # resident: one block per checkpoint
@@ -105,7 +108,14 @@ class TensorRows(Rows):
             yield j, lo, self.G[j, lo:hi].to(self.device, non_blocking=True)
 
     def gather(self, idx):
-        return self.G[:, idx.to(self.G.device)].to(self.device)
+        idx = idx.to(self.G.device)
+        out = torch.empty((self.shape[0], len(idx), self.shape[2]), dtype=self.dtype, device=self.G.device)
+        for j in range(self.shape[0]):  # index_select copies whole rows: several times faster than G[:, idx]
+            torch.index_select(self.G[j], 0, idx, out=out[j])
+        return out.to(self.device)
+
+    def sq_norms(self):
+        return None if self.sq is None else self.sq.to(self.device)
 
 
 class StoreRows(Rows):
@@ -126,7 +136,7 @@ class StoreRows(Rows):
             buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
             for j, lo, blk in self._host_blocks():
                 buf[j, lo:lo + len(blk)] = blk.to(self.device)
-            self.resident = TensorRows(buf)
+            self.resident = TensorRows(buf, block_rows=self.shape[1])  # one product per checkpoint
 
     def block_bounds(self):
         if self.resident is not None:

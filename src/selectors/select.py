@@ -23,9 +23,10 @@ Choices the paper leaves open are config options (defaults in conf/selector/sele
   seed example shares (e.g. the LM head's push towards frequent tokens) then neither scores
   nor fills the running sum; only what sets an example apart from the corpus does.
 
-- ``method``: ``exact`` (default) scores every candidate at every step; ``stochastic`` scores a
-  random sample of ⌈(N/k)·ln(1/``epsilon``)⌉ candidates per step (src/selectors/greedy.py), for
-  corpora where k passes over the matrix are too slow.
+- ``method``: ``exact`` (default) scores every candidate at every step, one pass over the matrix
+  per pick; for corpora where k passes are too slow, ``batched`` runs exact steps inside a pool of
+  the ``pool`` best-scoring rows and one pass per ``batch`` picks (src/selectors/batched.py), and
+  ``stochastic`` scores a random ⌈(N/k)·ln(1/``epsilon``)⌉ rows per step (src/selectors/greedy.py).
 
 ``greedy_select`` is the fast path (math in src/selectors/greedy.py, passes in passes.py): it
 keeps c_j[i] = s_j · G[j, i] and updates it with one matrix–vector product per step (O(P·N·d) a
@@ -116,9 +117,10 @@ class SelectSelector(Selector):
     needs_gradients = True
 
     def __init__(self, running_sum: str = "per_checkpoint", reset_every: int | None = None, normalize: bool = False,
-                 center: bool = False, method: str = "exact", epsilon: float = 0.01):
+                 center: bool = False, method: str = "exact", epsilon: float = 0.01, batch: int = 100,
+                 pool: int = 1000):
         self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center,
-                       method=method, epsilon=epsilon)
+                       method=method, epsilon=epsilon, batch=batch, pool=pool)
 
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)
