@@ -16,8 +16,8 @@ labelled as such). Parts (``--parts a b c d``):
     plus seeded noise and the autolabels are random: the cost of a pass depends on neither.
 (b) Selection (``src.bench_select``): the time of one plain float16 matrix–vector product over the
     stored matrix (the memory-bandwidth limit) beside top-k and one exact greedy step; exact
-    greedy with k=1000 at |D|=10^5 (extrapolated from timed steps at 10^6); stochastic greedy's
-    time, objective fraction and pick overlap; and the same |D|=10^5 selected out of core from a
+    greedy with k=1000 at |D|=10^5 (extrapolated from timed steps at 10^6); batched and stochastic
+    greedy's time, objective fraction and pick overlap; and the same |D|=10^5 selected out of core from a
     memory-mapped store with its peak RSS growth. P=1, d=4096, each |D| in a fresh subprocess.
 (c) Peak RSS growth of the gradient pass alone (``gradient_pass(load=False)``) at two corpus
     sizes, each in a fresh subprocess: VmHWM after ``clear_refs`` minus RSS before the pass.
