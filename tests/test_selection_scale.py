@@ -198,3 +198,14 @@ def test_batched_greedy_keeps_the_objective_on_planted_data(tmp_path):
                       on_step=die)
     assert len(torch.load(ck, weights_only=False)["picks"]) == 20
     assert greedy_select(G.half(), t, k, method="batched", batch=10, pool=100, checkpoint=ck)[0].tolist() == full.tolist()
+
+
+def test_centring_a_float16_store_with_a_dominant_mean_stays_accurate():
+    # ‖ḡ‖² is 100× the rows' private parts: ‖g − ḡ‖² from ‖g‖² − 2⟨g, ḡ⟩ + ‖ḡ‖² cancels, so ⟨g, ḡ⟩ is widened.
+    G, t = rand(1, 3000, 512, seed=10, shift=10.0)
+    half = G.half()
+    ref = alignment_naive(half.double(), t, center=True)
+    assert (alignment(half, t, center=True).double() - ref).abs().max() < 2e-3 * ref.abs().max()
+    _, oref = greedy_select_naive(half.double(), t, 20, center=True)
+    _, obj = greedy_select(half, t, 20, center=True)
+    assert (obj - oref).abs().max() < 2e-3 * oref.abs().max()

@@ -42,7 +42,7 @@ _GATHER = 512  # sampled rows gathered at a time: the copy stays in cache for it
 
 
 def prepare(rows, target, *, normalize=False, center=False, precision="stored", progress=False) -> dict:
-    """Fixed per-row quantities: one pass (plus one for ḡ when centring, plus one for ‖g‖² when not stored)."""
+    """Fixed per-row quantities: one pass (plus two when centring, plus one for ‖g‖² when not stored)."""
     if precision not in ("stored", "float32"):
         raise UserError(f"selection.precision must be 'stored' or 'float32', got '{precision}'")
     P, N, d = rows.shape
@@ -62,7 +62,10 @@ def prepare(rows, target, *, normalize=False, center=False, precision="stored", 
         gg = (gbar * gbar).sum(-1, keepdim=True)
         coef = torch.where(gg > 0, (gbar @ t)[:, None] / gg.clamp_min(torch.finfo(acc).tiny), torch.zeros_like(gg))
         T = F.normalize(t[None] - coef * gbar, dim=-1)                   # t̂_j ⟂ ḡ_j
-        a, gm = products(rows, [T, gbar], sq, precision, progress, "target")
+        (a,) = products(rows, [T], sq, precision, progress, "target")
+        # ‖g − ḡ‖² = ‖g‖² − 2⟨g, ḡ⟩ + ‖ḡ‖² cancels when ḡ dominates (LM heads): ⟨g, ḡ⟩ must not carry
+        # float16's rounding, so this one product widens its blocks (once per selection, not per step).
+        (gm,) = products(rows, [gbar], sq, "float32", progress, "seed mean")
         a = a - (gbar * T).sum(-1, keepdim=True)                         # ⟨g − ḡ, t̂⟩ (the ⟨ḡ, t̂⟩ term ≈ 0)
         b = (sq - 2 * gm + gg).clamp_min(0)                              # ‖g − ḡ‖²
     else:
