@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed sweep-demo report data base-lm clean
+.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select gpu-smoke sweep-demo report data base-lm clean
 
 install:            ## venv + project with dev extras
 	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'
@@ -51,5 +51,11 @@ clean:
 base-lm:            ## pretrain (or reuse) the small offline causal base LM (~4 CPU minutes)
 	$(PY) -m src.lm.base_lm
 
-bench-speed:        ## speed/memory figures: gradient pass vs forward, greedy vs top-k, pass RSS, projections (~10 min)
+bench-speed:        ## speed/memory figures: gradient pass vs forward, selection vs the bandwidth limit, pass RSS, projections (~15 min)
 	$(PY) -m src.bench_speed
+
+bench-select:       ## selection alone: limit vs top-k / greedy step, exact vs stochastic greedy at |D|=10^5, 10^6 (~8 min)
+	$(PY) -m src.bench_select
+
+gpu-smoke:          ## on a CUDA machine: selection tests, the pipeline at gpt2-medium's shape, selection at |D|=10^6 on the GPU
+	$(PY) -m src.gpu_smoke

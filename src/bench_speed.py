@@ -14,11 +14,11 @@ labelled as such). Parts (``--parts a b c d``):
     tokenisation, logits only, plain torch loop under ``inference_mode``, no Lightning). The bare
     forward is timed before and after the pass and averaged, since the box is shared. θf is θ0
     plus seeded noise and the autolabels are random: the cost of a pass depends on neither.
-(b) Greedy selection (``greedy_select``, P=1, d=4096, float16 synthetic Gaussian gradients) vs
-    top-k (``alignment`` + ``top_indices``) over the same matrix, each |D| in a fresh subprocess.
-    |D| ≤ ``--greedy-full-max``: k=1000 timed end to end. Larger |D|: T(1 step) and T(s steps)
-    are timed, per-step = (T(s) − T(1)) / (s − 1), and the k=1000 total T(1) + 999·per-step is
-    printed as EXTRAPOLATED. Peak RSS (VmHWM) of the subprocess shows what fits in 24 GiB.
+(b) Selection (``src.bench_select``): the time of one plain float16 matrix–vector product over the
+    stored matrix (the memory-bandwidth limit) beside top-k and one exact greedy step; exact
+    greedy with k=1000 at |D|=10^5 (extrapolated from timed steps at 10^6); batched and stochastic
+    greedy's time, objective fraction and pick overlap; and the same |D|=10^5 selected out of core from a
+    memory-mapped store with its peak RSS growth. P=1, d=4096, each |D| in a fresh subprocess.
 (c) Peak RSS growth of the gradient pass alone (``gradient_pass(load=False)``) at two corpus
     sizes, each in a fresh subprocess: VmHWM after ``clear_refs`` minus RSS before the pass.
     Shard size ``--rss-shard`` for both, so the pass holds one shard's rows at a time whatever |D|.
@@ -175,40 +175,6 @@ def part_c(args) -> dict:
             "VmHWM after clear_refs" if exact else "unavailable", "shard_size": int(cfg.gradient.shard_size)}
 
 
-def part_b(args) -> dict:
-    from src.selectors.base import top_indices
-    from src.selectors.select import greedy_select
-    from src.selectors.topk import alignment
-
-    N, d, k = args.n, args.dim, args.k
-    gen = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    G = torch.empty(1, N, d, dtype=torch.float16)
-    for lo in range(0, N, 65536):
-        G[0, lo:lo + 65536].normal_(generator=gen)
-    target = torch.randn(d, generator=gen)
-    gen_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    top_indices(alignment(G, target), k)
-    topk_s = time.perf_counter() - t0
-    out = {"n": N, "d": d, "k": k, "gen_s": gen_s, "topk_s": topk_s, "gib": G.numel() * 2 / GIB}
-    if args.steps is None:   # the whole k
-        t0 = time.perf_counter()
-        idx, _ = greedy_select(G, target, k)
-        out.update(greedy_s=time.perf_counter() - t0, extrapolated=False, picks=len(set(idx.tolist())))
-    else:
-        t0 = time.perf_counter()
-        greedy_select(G, target, 1)
-        t1 = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        greedy_select(G, target, args.steps)
-        ts = time.perf_counter() - t0
-        step = (ts - t1) / (args.steps - 1)
-        out.update(t1_s=t1, ts_s=ts, steps=args.steps, step_s=step, greedy_s=t1 + (k - 1) * step, extrapolated=True)
-    out["peak_rss"] = _status()["VmHWM"]
-    return out
-
-
 def part_d_factored_projection(V: int, H: int, d: int, n: int, seed: int = 0) -> dict:
     """The factored projector on n dense [V, H] gradients (the same input the dense projector gets)."""
     from src.gradients.projectors import FactoredProjector
@@ -236,7 +202,7 @@ def _child(name: str, **kw) -> dict:
 
 def _run_child(name: str, kw: dict) -> dict:
     ns = argparse.Namespace(**kw)
-    return {"a": part_a, "b": part_b, "c": part_c}[name](ns)
+    return {"a": part_a, "c": part_c}[name](ns)
 
 
 def main(argv=None):
@@ -246,19 +212,15 @@ def main(argv=None):
     ap.add_argument("--n-seed", type=int, default=2000, help="(a) seed texts")
     ap.add_argument("--P", type=int, default=2, help="(a, c) checkpoints")
     ap.add_argument("--d", type=int, default=1024, help="(a, c) projection dim")
-    ap.add_argument("--greedy-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--greedy-dim", type=int, default=4096)
+    ap.add_argument("--greedy-sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="(b) |D|")
     ap.add_argument("--greedy-k", type=int, default=1000)
-    ap.add_argument("--greedy-full-max", type=int, default=10_000,
-                    help="run the whole k for |D| up to this; larger |D| time --greedy-steps steps and extrapolate")
-    ap.add_argument("--greedy-steps", type=int, nargs="+", default=[20, 6],
-                    help="steps timed per extrapolated size, in order (last value repeats)")
+    ap.add_argument("--greedy-full-max", type=int, default=100_000, help="(b) exact greedy in full up to this |D|")
     ap.add_argument("--rss-sizes", type=int, nargs="+", default=[1000, 4000])
     ap.add_argument("--rss-shard", type=int, default=500)
     ap.add_argument("--rss-P", type=int, default=1, help="(c) checkpoints (memory does not depend on P)")
     ap.add_argument("--lm-n", type=int, default=200, help="(d) factored examples")
     ap.add_argument("--lm-n-dense", type=int, default=16, help="(d) dense examples (one batch)")
-    ap.add_argument("--child", choices=["a", "b", "c"])
+    ap.add_argument("--child", choices=["a", "c"])
     ap.add_argument("--child-args")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -284,25 +246,10 @@ def main(argv=None):
         print(f"    same call on the finished store (checksums + load only): {a['cached_pass_s']:.2f} s   "
               f"[load {_load()}]", flush=True)
     if "b" in args.parts:
-        rows = res["b"] = []
-        steps = list(args.greedy_steps)
-        print(f"\n(b) selection, P=1, d={args.greedy_dim}, float16 synthetic Gaussian gradients, k={args.greedy_k}, "
-              f"{args.threads} thread(s), each |D| in a fresh process")
-        print(f"    {'|D|':>9} {'GiB':>6} {'gen s':>7} {'top-k s':>8} {'greedy s':>10} {'greedy/top-k':>13} "
-              f"{'s/step':>8} {'peak RSS GiB':>13}")
-        for N in args.greedy_sizes:
-            s = None if N <= args.greedy_full_max else (steps.pop(0) if len(steps) > 1 else steps[0])
-            b = _child("b", threads=args.threads, n=N, dim=args.greedy_dim, k=args.greedy_k, steps=s)
-            rows.append(b)
-            per = b["step_s"] if b["extrapolated"] else b["greedy_s"] / b["k"]
-            mark = "*" if b["extrapolated"] else " "
-            print(f"    {N:>9,} {b['gib']:>6.2f} {b['gen_s']:>7.1f} {b['topk_s']:>8.2f} {b['greedy_s']:>9.1f}{mark} "
-                  f"{b['greedy_s'] / b['topk_s']:>12.0f}{mark} {per:>8.3f} {b['peak_rss'] / GIB:>13.2f}", flush=True)
-        for b in rows:
-            if b["extrapolated"]:
-                print(f"    * |D|={b['n']:,}: EXTRAPOLATED to k={b['k']} from {b['steps']} timed steps "
-                      f"(T(1)={b['t1_s']:.1f} s incl. the initial pass over G, T({b['steps']})={b['ts_s']:.1f} s, "
-                      f"{b['step_s']:.2f} s/step)")
+        from src import bench_select
+
+        res["b"] = bench_select.main(["--sizes", *map(str, args.greedy_sizes), "--k", str(args.greedy_k),
+                                      "--full-max", str(args.greedy_full_max), "--threads", str(args.threads)])
         print(f"    [load {_load()}]", flush=True)
     if "c" in args.parts:
         rows = res["c"] = [_child("c", threads=args.threads, n_seed=n, P=args.rss_P, d=args.d,

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from src.errors import UserError, did_you_mean
 from src.metrics import Embedder, ot_distance
 from src.selectors.base import SelectionContext, Selector, check_k
-from src.stages import autolabel, gradients, load_data, load_models, to_plain
+from src.stages import autolabel, gradient_rows, load_data, load_models, to_plain
 from src.tasks import get_task
 from src.training import EpochMonitor
 
@@ -87,12 +87,17 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
     with timer("autolabel"):
         labels = autolabel(cfg, pair, data, task)
     grads = target = None
+    grads_key = ""
     if any(s.needs_gradients for s in selectors.values()):
         with timer("gradients"):
-            grads, target = gradients(cfg, pair, data, labels, task)
+            grads, target, grads_key = gradient_rows(cfg, pair, data, labels, task)  # stays on disk
+    sel = cfg.get("selection") or {}
     ctx = SelectionContext(n_seed=len(data.seed), labels=labels.get("labels"), logp_f=labels["logp_f"],
                            logp_0=labels["logp_0"], n_true=len(data.task.train), grads=grads, target=target,
-                           rng=cfg.rng)
+                           rng=cfg.rng, precision=sel.get("precision", "stored"),
+                           block_rows=int(sel.get("block_rows", 16384)), progress=bool(sel.get("progress", True)),
+                           state_dir=Path(cfg.cache_dir) / "selection", grads_key=grads_key,
+                           checkpoint_every_s=float(sel.get("checkpoint_every_s", 10.0)))
 
     test = data.task.test
     with timer("eval/reference"):

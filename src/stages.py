@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save
 from src.cache import atomic_write_bytes, atomic_write_json, file_sha256, stable_hash, text_fingerprint
 from src.data.loading import TaskData, load_seed, load_task, mix_in_true
 from src.errors import UserError
-from src.gradients.runner import gradient_pass
+from src.gradients.runner import GradientPassModule, gradient_pass
 from src.models import ModelPair, check_compatible, checkpoint_alphas
+from src.selectors.rows import StoreRows, resolve_device
 from src.store import ShardStore
 from src.tasks import get_task
 
@@ -107,8 +108,7 @@ def autolabel(cfg, pair: ModelPair, data: Data, task) -> dict:
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected last-layer gradients at θ̂_1..θ̂_P ([P, N, d]) and the projected target ([d])."""
+def _gradient_store(cfg, pair: ModelPair, data: Data, labels: dict, task):
     if cfg.gradient.store_dtype not in _DTYPES:
         raise UserError(f"gradient.store_dtype must be one of {sorted(_DTYPES)}")
     projector = task.make_projector(pair) if hasattr(task, "make_projector") else \
@@ -120,12 +120,34 @@ def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[tor
                  "head": cfg.model.head, "dtype": cfg.gradient.store_dtype, **({"task": prepared} if prepared else {})}
     root = Path(cfg.cache_dir) / "grads" / stable_hash(store_cfg)
     store = ShardStore(root, store_cfg, n_rows=len(data.seed), shard_size=cfg.gradient.shard_size)
+    return store, projector, alphas
+
+
+def _fill(cfg, pair, data, labels, task, store, projector, alphas, load: bool):
     # One Lightning predict loop over the missing (checkpoint, shard) items, on whatever accelerator /
-    # strategy ``trainer`` names (DDP ranks write disjoint shards); then streamed back from disk in the
-    # store dtype (greedy / top-k widen blocks of rows as they use them).
-    G = gradient_pass(pair, alphas, store, task, data.seed, labels, projector, trainer_cfg=cfg.trainer,
-                      batch_size=cfg.gradient.batch_size, store_dtype=_DTYPES[cfg.gradient.store_dtype])
+    # strategy ``trainer`` names (DDP ranks write disjoint shards).
+    return gradient_pass(pair, alphas, store, task, data.seed, labels, projector, trainer_cfg=cfg.trainer,
+                         batch_size=cfg.gradient.batch_size, store_dtype=_DTYPES[cfg.gradient.store_dtype], load=load)
+
+
+def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected last-layer gradients at θ̂_1..θ̂_P ([P, N, d], in RAM, store dtype) and the projected target ([d])."""
+    store, projector, alphas = _gradient_store(cfg, pair, data, labels, task)
+    G = _fill(cfg, pair, data, labels, task, store, projector, alphas, load=True)
     return G, task.projected_target(pair, projector)
+
+
+def gradient_rows(cfg, pair: ModelPair, data: Data, labels: dict, task):
+    """As ``gradients``, but the matrix stays on disk: (a ``StoreRows`` source read shard by shard,
+    memory-mapped, on ``selection.device``; the projected target [d]; the store's hash)."""
+    store, projector, alphas = _gradient_store(cfg, pair, data, labels, task)
+    _fill(cfg, pair, data, labels, task, store, projector, alphas, load=False)
+    sel = cfg.get("selection") or {}
+    device = resolve_device(sel.get("device", "auto"), cfg.trainer.get("accelerator"))
+    rows = StoreRows(store, [GradientPassModule.part(j) for j in range(1, len(alphas) + 1)], "g", device=device)
+    log.info("gradients: [P, N, d] = %s %s on disk, selecting on %s%s", list(rows.shape),
+             str(rows.dtype).removeprefix("torch."), device, " (resident)" if rows.resident is not None else "")
+    return rows, task.projected_target(pair, projector), store.root.name
 
 
 def to_plain(cfg) -> dict:

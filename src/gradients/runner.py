@@ -16,7 +16,8 @@ Task interface (``src.tasks``), all picklable so ``ddp_spawn`` can ship them to 
 
 Precision: the forward runs inside ``predict_step``, so Lightning's precision plugin applies
 (autocast for ``bf16-mixed`` / ``16-mixed``, converted weights for ``*-true``); outputs are
-widened to float32 per batch and cast to ``store_dtype`` (``g`` only) when the shard is written.
+widened to float32 per batch and cast to ``store_dtype`` (``g`` only) when the shard is written,
+beside ``sq``, the float32 squared norm of each stored row (what selection needs besides products).
 """
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ class GradientPassModule(L.LightningModule):
         items = self.task.gradient_items(self.seed, self.autolabels, self.store.rows(i))
         out = compute_rows(self.model, items, self._collate, self._fn, self.batch_size, self.device)
         out["g"] = out["g"].to(self.store_dtype)
+        # ‖g‖² of the stored rows, so selection never needs a widening pass over the matrix for norms.
+        out["sq"] = out["g"].double().pow(2).sum(-1).float()
         self.store.write(part, i, out, rank=self.global_rank)
         self.stats["computed"] += 1
         return {"part": part, "shard": i, "computed": True}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -21,9 +22,18 @@ class SelectionContext:
     logp_f: torch.Tensor              # [N] log p_θf(autolabel | x)
     logp_0: torch.Tensor              # [N] log p_θ0(autolabel | x)
     n_true: int = 0                   # size of the hidden true training set (expert only)
-    grads: torch.Tensor | None = None  # [P, N, d] projected per-example gradients at θ̂_1..θ̂_P
+    grads: object = None               # [P, N, d] projected per-example gradients at θ̂_1..θ̂_P: a tensor
+                                       # or a ``src.selectors.rows.Rows`` source (e.g. the store, out of core)
     target: torch.Tensor | None = None  # [d] projected −(θf − θ0)
     rng: int = 0
+    # How gradient selectors run (``selection.*`` in the config):
+    device: str | None = None          # where blocks are multiplied (None: where ``grads`` lives)
+    block_rows: int = 16384            # rows per block when ``grads`` is a tensor
+    precision: str = "stored"          # stored: products in the stored dtype; float32: widen each block first
+    progress: bool = False             # progress bars with ETA
+    state_dir: Path | None = None      # where long selections checkpoint their progress (None: no checkpoints)
+    grads_key: str = ""                # identifies ``grads`` (e.g. the store's hash) in checkpoint file names
+    checkpoint_every_s: float = 10.0
 
 
 @dataclass
@@ -52,6 +62,15 @@ def check_k(k: int, n: int) -> None:
         raise UserError(f"k (selection size) must be positive, got k={k}")
     if int(k) > n:
         raise UserError(f"k={k} is larger than the seed corpus ({n} examples); lower k or enlarge the seed corpus")
+
+
+def state_path(ctx: SelectionContext, name: str, options: dict) -> Path | None:
+    """Checkpoint file of a resumable selection, keyed by the gradients, the options and the seed."""
+    if ctx.state_dir is None:
+        return None
+    from src.cache import stable_hash
+
+    return Path(ctx.state_dir) / f"{name}-{stable_hash(ctx.grads_key, options, ctx.rng, ctx.precision)}.pt"
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

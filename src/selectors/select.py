@@ -23,17 +23,28 @@ Choices the paper leaves open are config options (defaults in conf/selector/sele
   seed example shares (e.g. the LM head's push towards frequent tokens) then neither scores
   nor fills the running sum; only what sets an example apart from the corpus does.
 
-``greedy_select`` is the fast path: it keeps c_j[i] = s_j · G[j, i] and updates it with one
-matrix–vector product per step (O(P·N·d) a step). ``greedy_select_naive`` recomputes every
-candidate's norm from scratch and is kept as the reference the tests compare against.
+- ``method``: ``exact`` (default) scores every candidate at every step, one pass over the matrix
+  per pick; for corpora where k passes are too slow, ``batched`` runs exact steps inside a pool of
+  the ``pool`` best-scoring rows and one pass per ``batch`` picks (src/selectors/batched.py), and
+  ``stochastic`` scores a random ⌈(N/k)·ln(1/``epsilon``)⌉ rows per step (src/selectors/greedy.py).
+
+``greedy_select`` is the fast path (math in src/selectors/greedy.py, passes in passes.py): it
+keeps c_j[i] = s_j · G[j, i] and updates it with one matrix–vector product per step (O(P·N·d) a
+step), reading the matrix block by block from memory or the store, on the selection device.
+``greedy_select_naive`` recomputes every candidate's norm from scratch in float64 and is kept as
+the reference the tests compare against.
 """
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
 
 from src.errors import UserError
-from src.selectors.base import Selection, SelectionContext, Selector
+from src.selectors.base import Selection, SelectionContext, Selector, state_path
+from src.selectors.greedy import greedy
+from src.selectors.rows import as_rows
 
 _MODES = ("per_checkpoint", "shared")
 
@@ -61,80 +72,24 @@ def center_naive(G: torch.Tensor, t: torch.Tensor):
     return G - gbar[:, None], t - coef * gbar
 
 
-def centering(G: torch.Tensor, t: torch.Tensor, acc: torch.dtype, chunk: int):
-    """ḡ_j [P, d] (one pass over G, blocks widened to ``acc``) and the unit targets t̂_j [P, d]."""
-    P, N, d = G.shape
-    gbar = torch.zeros(P, d, dtype=acc)
-    for lo in range(0, N, chunk):
-        gbar += G[:, lo:lo + chunk].to(acc).sum(1)
-    gbar /= max(N, 1)
-    gg = (gbar * gbar).sum(-1, keepdim=True)
-    coef = torch.where(gg > 0, (gbar @ t)[:, None] / gg.clamp_min(1e-300), torch.zeros_like(gg))
-    return gbar, F.normalize(t[None] - coef * gbar, dim=-1)
-
-
 def _increment(G, m, mode):
     """What adding example m adds to each checkpoint's running sum: [P, d]."""
     return G[:, m] if mode == "per_checkpoint" else G[:, m].mean(0, keepdim=True).expand_as(G[:, m])
 
 
-def greedy_select(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
-                  reset_every: int | None = None, normalize: bool = False, center: bool = False, chunk: int = 16384):
-    """Fast greedy. grads: [P, N, d] (or [N, d]), target: [d]. Returns (indices [k], objective [k]).
+def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
+                  reset_every: int | None = None, normalize: bool = False, center: bool = False, chunk: int = 16384,
+                  device=None, **kw):
+    """Fast greedy. grads: [P, N, d] (or [N, d]) tensor or a ``Rows`` source, target: [d].
 
-    ``grads`` stays in its storage dtype (e.g. float16 from the gradient store); blocks of ``chunk``
-    rows are widened to float32 (float64 if given float64) as they are used, so extra memory is
-    O(P·N + P·chunk·d) and 10^6 × 4096 float16 gradients (8 GiB) select within 24 GiB.
-    Unit-normalisation is applied as a per-row scale instead of a normalised copy; centring never
-    forms G − ḡ either: ⟨g_i − ḡ, u⟩ = ⟨g_i, u⟩ − ⟨ḡ, u⟩ and ‖g_i − ḡ‖² = ‖g_i‖² − 2⟨g_i, ḡ⟩ + ‖ḡ‖².
+    Returns (indices [k], objective [k]). ``grads`` stays in its stored dtype and is read in blocks of
+    ``chunk`` rows (see src/selectors/passes.py for the precision); ``device`` is where blocks are
+    multiplied (default: where ``grads`` lives). Further options (``method``, ``epsilon``, ``seed``,
+    ``precision``, ``progress``, ``checkpoint``, ...) are those of ``src.selectors.greedy.greedy``.
     """
-    if running_sum not in _MODES:
-        raise UserError(f"select: running_sum must be one of {_MODES}, got '{running_sum}'")
-    G = grads if grads.dim() == 3 else grads[None]
-    acc = torch.float64 if G.dtype == torch.float64 else torch.float32
-    P, N, d = G.shape
-    a, b = torch.empty(P, N, dtype=acc), torch.empty(P, N, dtype=acc)
-    if center:
-        gbar, t = centering(G, target.to(acc), acc, chunk)                # [P, d] each; t: unit t̂_j
-        gm = torch.empty(P, N, dtype=acc)
-        for lo in range(0, N, chunk):
-            blk = G[:, lo:lo + chunk].to(acc)
-            ab = blk @ torch.stack([t, gbar], -1)                          # [P, n, 2]: g·t̂_j, g·ḡ_j
-            a[:, lo:lo + chunk], gm[:, lo:lo + chunk], b[:, lo:lo + chunk] = ab[..., 0], ab[..., 1], (blk * blk).sum(-1)
-        a -= (gbar * t).sum(-1, keepdim=True)                              # ≈ 0: t̂_j ⟂ ḡ_j by construction
-        b += (gbar * gbar).sum(-1, keepdim=True) - 2 * gm
-        b.clamp_(min=0)
-    else:
-        gbar, t = torch.zeros(P, d, dtype=acc), F.normalize(target.to(acc), dim=0)
-        for lo in range(0, N, chunk):
-            blk = G[:, lo:lo + chunk].to(acc)
-            a[:, lo:lo + chunk], b[:, lo:lo + chunk] = blk @ t, (blk * blk).sum(-1)
-    scale = b.clamp_min(1e-300).rsqrt() if normalize else torch.ones_like(b)
-    a, b = a * scale, b * scale * scale  # g'·t̂_j and ‖g'‖² of the (centred, scaled) rows g': fixed
-    c = torch.zeros(P, N, dtype=acc)     # s_j·g'_ij, updated each step
-    s = torch.zeros(P, d, dtype=acc)
-    taken = torch.zeros(N, dtype=torch.bool)
-    picks, objective = [], []
-    for step in range(int(k)):
-        if reset_every and step % int(reset_every) == 0:
-            s.zero_()
-            c.zero_()
-        st, ss = (s * t).sum(-1) if center else s @ t, (s * s).sum(-1)     # [P]
-        norm = (ss[:, None] + 2 * c + b).clamp_min(1e-300).sqrt()          # ‖s_j + g'_ij‖
-        score = ((st[:, None] + a) / norm).mean(0)
-        score[taken] = -float("inf")
-        m = int(torch.argmax(score))
-        picks.append(m)
-        objective.append(float(score[m]))
-        taken[m] = True
-        row = (G[:, m].to(acc) - gbar) * scale[:, m, None]
-        u = row if running_sum == "per_checkpoint" else row.mean(0, keepdim=True).expand_as(row)  # [P, d]
-        ubar = (gbar * u).sum(-1, keepdim=True) if center else 0.0         # ⟨ḡ_j, u_j⟩
-        for lo in range(0, N, chunk):                                      # c_j += G'_j u_j, one pass over G
-            gu = torch.einsum("pnd,pd->pn", G[:, lo:lo + chunk].to(acc), u)
-            c[:, lo:lo + chunk] += (gu - ubar) * scale[:, lo:lo + chunk]
-        s += u
-    return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
+    rows = as_rows(grads, device=device, block_rows=chunk)
+    return greedy(rows, target, k, running_sum=running_sum, reset_every=reset_every, normalize=normalize,
+                  center=center, **kw)
 
 
 def greedy_select_naive(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
@@ -162,10 +117,17 @@ class SelectSelector(Selector):
     needs_gradients = True
 
     def __init__(self, running_sum: str = "per_checkpoint", reset_every: int | None = None, normalize: bool = False,
-                 center: bool = False):
-        self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center)
+                 center: bool = False, method: str = "exact", epsilon: float = 0.01, batch: int = 100,
+                 pool: int = 1000):
+        self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center,
+                       method=method, epsilon=epsilon, batch=batch, pool=pool)
 
     def select(self, ctx: SelectionContext, k: int) -> Selection:
-        idx, obj = greedy_select(ctx.grads, ctx.target, k, **self.kw)
+        rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)
+        t0 = time.perf_counter()
+        idx, obj = greedy(rows, ctx.target, k, seed=ctx.rng, precision=ctx.precision, progress=ctx.progress,
+                          checkpoint=state_path(ctx, self.name, self.kw), checkpoint_every_s=ctx.checkpoint_every_s,
+                          **self.kw)
         return Selection(idx, info={"objective_first": float(obj[0]), "objective_last": float(obj[-1]),
-                                    "objective_max": float(obj.max())})
+                                    "objective_max": float(obj.max()), "device": str(rows.device),
+                                    "method": self.kw["method"], "seconds": time.perf_counter() - t0})

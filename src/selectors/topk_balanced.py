@@ -9,6 +9,7 @@ import torch
 
 from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector, top_indices
+from src.selectors.rows import as_rows
 from src.selectors.topk import alignment
 
 
@@ -42,4 +43,6 @@ class TopKBalancedSelector(Selector):
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         if ctx.labels is None:
             raise UserError("topk_balanced needs class autolabels; this task has none (use topk)")
-        return Selection(balanced_top(alignment(ctx.grads, ctx.target, center=self.center), ctx.labels, k))
+        rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)  # same pass as top-k's
+        scores = alignment(rows, ctx.target, center=self.center, precision=ctx.precision, progress=ctx.progress)
+        return Selection(balanced_top(scores, ctx.labels, k), info={"device": str(rows.device)})

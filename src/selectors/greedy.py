@@ -1,0 +1,213 @@
+"""The math of gradient selection on a ``Rows`` source: row statistics, top-k scores, exact and stochastic greedy.
+
+Plain torch; runs on whatever device the source hands blocks out on. Notation as in
+src/selectors/select.py: g'_ij = (g_ij − ḡ_j)·r_ij is a candidate's (centred, scaled) gradient,
+r_ij = 1/‖g_ij − ḡ_j‖ under ``normalize`` else 1, t̂_j the unit target of checkpoint j. Kept per
+row: a_ij = g'_ij·t̂_j and b_ij = ‖g'_ij‖² (fixed), c_ij = s_j·g'_ij (the running sum's overlap).
+
+- exact greedy: each step scores every row from (a, b, c) and updates c with one pass over G.
+- stochastic greedy (``method="stochastic"``): each step scores only a uniform sample of
+  ⌈(N/k)·ln(1/ε)⌉ rows not yet picked, computing their c from the running sum directly, so the
+  whole selection reads about ln(1/ε) matrices' worth of rows instead of k. For monotone
+  submodular objectives this keeps (1 − 1/e − ε) of the optimum in expectation (Mirzasoleiman et
+  al., 2015); the cosine objective is not submodular, so its quality is measured, not assumed.
+- batched greedy (``method="batched"``, src/selectors/batched.py): exact greedy steps inside a pool
+  of the ``pool`` best rows, one pass over G per ``batch`` picks.
+
+Progress: a tqdm bar over steps. Resume: with ``checkpoint`` set, the full loop state (picks,
+objective values, running sums, c, sampler state) is written atomically every
+``checkpoint_every_s`` seconds and at the end; a rerun with the same inputs and options continues
+from it and gives the same picks as an uninterrupted run (for exact greedy, a finished file answers
+any k ≤ its length: its picks do not depend on k).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from src.errors import UserError
+from src.selectors.batched import batched_greedy
+from src.selectors.passes import LOW, acc_dtype, gathered_products, mean_pass, products, stats_pass
+
+MODES = ("per_checkpoint", "shared")
+METHODS = ("exact", "stochastic", "batched")
+_GATHER = 512  # sampled rows gathered at a time: the copy stays in cache for its product
+
+
+def prepare(rows, target, *, normalize=False, center=False, precision="stored", progress=False) -> dict:
+    """Fixed per-row quantities: one pass (plus two when centring, plus one for ‖g‖² when not stored)."""
+    if precision not in ("stored", "float32"):
+        raise UserError(f"selection.precision must be 'stored' or 'float32', got '{precision}'")
+    P, N, d = rows.shape
+    acc, dev = acc_dtype(rows.dtype), rows.device
+    sq = rows.sq_norms()
+    sq = sq.to(dev, acc) if sq is not None else None
+    # A pass that widens blocks is needed only for norms the store lacks; it then yields ḡ as well.
+    widened_mean = center and (sq is None or rows.dtype not in LOW or precision == "float32")
+    gbar = None
+    if sq is None or widened_mean:
+        sq_, gbar = stats_pass(rows, acc, need_sq=sq is None, need_mean=widened_mean, progress=progress)
+        sq = sq if sq is not None else sq_
+    if center and gbar is None:
+        gbar = mean_pass(rows, acc, sq, precision, progress)
+    t = target.to(dev, acc)
+    if center:
+        gg = (gbar * gbar).sum(-1, keepdim=True)
+        coef = torch.where(gg > 0, (gbar @ t)[:, None] / gg.clamp_min(torch.finfo(acc).tiny), torch.zeros_like(gg))
+        T = F.normalize(t[None] - coef * gbar, dim=-1)                   # t̂_j ⟂ ḡ_j
+        (a,) = products(rows, [T], sq, precision, progress, "target")
+        # ‖g − ḡ‖² = ‖g‖² − 2⟨g, ḡ⟩ + ‖ḡ‖² cancels when ḡ dominates (LM heads): ⟨g, ḡ⟩ must not carry
+        # float16's rounding, so this one product widens its blocks (once per selection, not per step).
+        (gm,) = products(rows, [gbar], sq, "float32", progress, "seed mean")
+        a = a - (gbar * T).sum(-1, keepdim=True)                         # ⟨g − ḡ, t̂⟩ (the ⟨ḡ, t̂⟩ term ≈ 0)
+        b = (sq - 2 * gm + gg).clamp_min(0)                              # ‖g − ḡ‖²
+    else:
+        T = F.normalize(t, dim=0)[None].expand(P, d)
+        (a,) = products(rows, [T], sq, precision, progress, "target")
+        b = sq
+        gbar = torch.zeros(P, d, dtype=acc, device=dev)
+    r = b.clamp_min(torch.finfo(acc).tiny).rsqrt() if normalize else torch.ones_like(b)
+    return {"acc": acc, "sq": sq, "gbar": gbar, "T": T, "a": a * r, "b": b * r * r, "r": r, "center": center}
+
+
+def top_scores(rows, target, *, center=False, precision="stored", progress=False) -> torch.Tensor:
+    """[N] on the CPU: (1/P) Σ_j cos(g'_ij, t̂_j), one pass when the store carries ‖g‖²."""
+    st = prepare(rows, target, normalize=True, center=center, precision=precision, progress=progress)
+    return st["a"].mean(0).cpu()
+
+
+def _increment(rows, st, m, mode):
+    """What picking m adds to each checkpoint's running sum: [P, d] in the accumulation dtype."""
+    row = (rows.gather(torch.tensor([m]))[:, 0].to(st["acc"]) - st["gbar"]) * st["r"][:, m, None]
+    return row if mode == "per_checkpoint" else row.mean(0, keepdim=True).expand_as(row)
+
+
+def _key(rows, target, opts) -> str:
+    h = hashlib.sha256(repr((tuple(rows.shape), str(rows.dtype), sorted(opts.items()))).encode())
+    h.update(target.detach().double().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception:  # unreadable (e.g. from another torch version): start over rather than fail
+        return None
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=None, normalize=False, center=False,
+           method="exact", epsilon=0.01, seed=0, precision="stored", progress=False, checkpoint=None,
+           checkpoint_every_s=10.0, on_step=None, batch=100, pool=1000):
+    """Greedy selection on a ``Rows`` source. Returns (indices [k] long, objective [k] float64), on the CPU."""
+    if running_sum not in MODES:
+        raise UserError(f"select: running_sum must be one of {MODES}, got '{running_sum}'")
+    if method not in METHODS:
+        raise UserError(f"select: method must be one of {METHODS}, got '{method}'")
+    P, N, d = rows.shape
+    k = int(k)
+    opts = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center, method=method,
+                epsilon=float(epsilon), seed=int(seed), precision=precision)
+    if method == "stochastic":
+        opts["k"] = k  # the sample size depends on k, so a prefix of a longer run is not this run
+    if method == "batched":
+        opts.update(k=k, batch=int(batch), pool=int(pool))  # batch boundaries depend on k
+    key = _key(rows, target, opts)
+    path = Path(checkpoint) if checkpoint else None
+    saved = _load(path) if path and path.exists() else None
+    if saved is not None and saved.get("key") != key:
+        saved = None  # another selection's state: start over (the file is overwritten)
+    if saved is not None and len(saved["picks"]) >= k:
+        return torch.tensor(saved["picks"][:k], dtype=torch.long), torch.tensor(saved["objective"][:k],
+                                                                                dtype=torch.float64)
+    st = prepare(rows, target, normalize=normalize, center=center, precision=precision, progress=progress)
+    if method == "batched":
+        return batched_greedy(rows, st, k, running_sum=running_sum, reset_every=reset_every, batch=batch, pool=pool,
+                              saved=saved, save=lambda state: path and _save(path, {"key": key, **state}),
+                              progress=progress, checkpoint_every_s=checkpoint_every_s, on_step=on_step,
+                              precision=precision)
+    acc, dev, T, a, b = st["acc"], rows.device, st["T"], st["a"], st["b"]
+    tiny = torch.finfo(acc).tiny
+    gen = torch.Generator().manual_seed(int(seed))
+    sample = max(1, math.ceil(N / max(k, 1) * math.log(1 / float(epsilon)))) if method == "stochastic" else N
+    s = torch.zeros(P, d, dtype=acc, device=dev)
+    c = torch.zeros(P, N, dtype=acc, device=dev) if method == "exact" else None
+    taken = torch.zeros(N, dtype=torch.bool, device=dev)
+    picks, objective = [], []
+    if saved is not None:
+        picks, objective = list(saved["picks"]), list(saved["objective"])
+        s = saved["s"].to(dev)
+        c = saved["c"].to(dev) if c is not None else None
+        taken[torch.tensor(picks, dtype=torch.long, device=dev)] = True
+        gen.set_state(saved["rng"])
+    state = lambda: {"key": key, "picks": picks, "objective": objective, "s": s, "c": c, "rng": gen.get_state()}  # noqa: E731
+    last = time.monotonic()
+    bar = tqdm(total=k, initial=len(picks), desc=f"select ({method})", unit="pick", disable=not progress,
+               mininterval=1.0)
+    for step in range(len(picks), k):
+        if reset_every and step % int(reset_every) == 0:
+            s.zero_()
+            if c is not None:
+                c.zero_()
+        st_, ss = (s * T).sum(-1), (s * s).sum(-1)                              # [P]
+        if method == "exact":
+            norm = (ss[:, None] + 2 * c + b).clamp_min(tiny).sqrt()          # ‖s_j + g'_ij‖
+            score = ((st_[:, None] + a) / norm).mean(0)
+            score[taken] = -float("inf")
+            m = int(torch.argmax(score))
+            best = float(score[m])
+        else:
+            cand = _sample(taken, sample, gen, N - step)
+            score = torch.cat([_sample_scores(rows, st, s, cand[lo:lo + _GATHER], st_, ss, precision)
+                               for lo in range(0, len(cand), _GATHER)])
+            i = int(torch.argmax(score))
+            m, best = int(cand[i]), float(score[i])
+        picks.append(m)
+        objective.append(best)
+        taken[m] = True
+        u = _increment(rows, st, m, running_sum)                                # [P, d]
+        if c is not None:
+            (gu,) = products(rows, [u], st["sq"], precision)                    # c_j += G'_j u_j: one pass
+            c += (gu - (st["gbar"] * u).sum(-1, keepdim=True)) * st["r"]
+        s += u
+        bar.update()
+        if on_step is not None:
+            on_step(step, m)
+        if path and time.monotonic() - last >= checkpoint_every_s:
+            _save(path, state())
+            last = time.monotonic()
+    bar.close()
+    if path:
+        _save(path, state())
+    return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
+
+
+def _sample_scores(rows, st, s, cand, st_, ss, precision):
+    """Exact scores of the rows ``cand`` against the running sum s, from the rows themselves (gathered)."""
+    cc = (gathered_products(rows.gather(cand), s, st["sq"][:, cand], st["acc"], precision)
+          - (st["gbar"] * s).sum(-1, keepdim=True)) * st["r"][:, cand]
+    norm = (ss[:, None] + 2 * cc + st["b"][:, cand]).clamp_min(torch.finfo(st["acc"]).tiny).sqrt()
+    return ((st_[:, None] + st["a"][:, cand]) / norm).mean(0)
+
+
+def _sample(taken: torch.Tensor, size: int, gen: torch.Generator, remaining: int) -> torch.Tensor:
+    """A uniform sample (sorted, for locality) of about ``size`` rows not yet taken; all of them if fewer."""
+    N = len(taken)
+    if size >= remaining:
+        return (~taken).nonzero().squeeze(1)
+    idx = torch.unique(torch.randint(0, N, (size,), generator=gen)).to(taken.device)
+    idx = idx[~taken[idx]]
+    return idx if len(idx) else (~taken).nonzero().squeeze(1)[:1]
