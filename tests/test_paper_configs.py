@@ -20,6 +20,17 @@ def compose_plain(overrides):
         return compose(config_name="config", overrides=overrides)
 
 
+def tiny_gpt2(tmp_path) -> list[str]:
+    """Overrides that swap the paper's GPT-2 for a tiny random one of the same architecture (with the
+    tiny base LM's byte-level BPE tokenizer, since GPT-2's own needs the hub) and shrink the run."""
+    tiny_lm = [o for o in TINY_CLM if o.startswith("base_lm.")]
+    base = compose_cfg(tiny_lm, tmp_path)
+    tokenizer = ensure_base_lm(OmegaConf.to_container(base.base_lm, resolve=True), tmp_path / "cache")
+    return ["model.name_or_path=random:gpt2", f"model.tokenizer={tokenizer}", "model.max_length=48",
+            "+model.config={n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}", "dataset.n_train=40",
+            "dataset.n_test=24", "dataset.n_val=16", "seed.max_examples=60", "retrain.epochs=2", "finetune.epochs=1"]
+
+
 PAPER_CLASSIFICATION = {"paper_ag_news": ("fancyzhx/ag_news", 4), "paper_dbpedia": ("fancyzhx/dbpedia_14", 14),
                         "paper_imdb": ("stanfordnlp/imdb", 2)}
 
@@ -37,15 +48,9 @@ def test_paper_classification_configs_compose_to_the_paper_setting(name, tmp_pat
 
 
 def test_paper_ag_news_runs_end_to_end_with_a_tiny_random_gpt2(tmp_path):
-    tiny_lm = {k.split("=")[0]: k.split("=")[1] for k in TINY_CLM if k.startswith("base_lm.")}
-    base = compose_cfg([f"{k}={v}" for k, v in tiny_lm.items()], tmp_path)
-    tokenizer = ensure_base_lm(OmegaConf.to_container(base.base_lm, resolve=True), tmp_path / "cache")
     cfg = compose_cfg(["experiment=paper_ag_news", "dataset=wordnet_topics", "seed=wordnet",
-                       "model.name_or_path=random:gpt2", f"model.tokenizer={tokenizer}", "model.max_length=48",
-                       "+model.config={n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}",
-                       "dataset.label_words=[' animal',' plant',' food',' object']",
-                       "dataset.n_train=40", "dataset.n_test=24", "dataset.n_val=16", "seed.max_examples=60",
-                       "retrain.epochs=2", "finetune.epochs=1", "baselines=[random,topk_balanced]"], tmp_path)
+                       "dataset.label_words=[' animal',' plant',' food',' object']", "baselines=[random,topk_balanced]",
+                       *tiny_gpt2(tmp_path)], tmp_path)
     res = run(cfg, tmp_path / "run")
     assert res["task"] == "classify_lm" and res["config"]["model"]["head"] == "lm_head"
     assert [r["selector"] for r in res["results"]] == ["select", "random", "topk_balanced"]
@@ -62,14 +67,8 @@ def test_paper_msmarco_composes_to_plain_lm_on_passages():
 
 
 def test_paper_msmarco_runs_end_to_end_with_a_tiny_random_gpt2(tmp_path):
-    tiny_lm = {k.split("=")[0]: k.split("=")[1] for k in TINY_CLM if k.startswith("base_lm.")}
-    base = compose_cfg([f"{k}={v}" for k, v in tiny_lm.items()], tmp_path)
-    tokenizer = ensure_base_lm(OmegaConf.to_container(base.base_lm, resolve=True), tmp_path / "cache")
     cfg = compose_cfg(["experiment=paper_msmarco", "dataset=wordnet_documents", "seed=wordnet_documents",
-                       "model.name_or_path=random:gpt2", f"model.tokenizer={tokenizer}", "model.max_length=48",
-                       "+model.config={n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}",
-                       "dataset.n_train=40", "dataset.n_test=24", "dataset.n_val=16", "seed.max_examples=60",
-                       "retrain.epochs=2", "finetune.epochs=1", "baselines=[random]"], tmp_path)
+                       "baselines=[random]", *tiny_gpt2(tmp_path)], tmp_path)
     res = run(cfg, tmp_path / "run")
     assert res["task"] == "lm" and res["metric"] == "perplexity"
     assert [r["selector"] for r in res["results"]] == ["select", "random"]
