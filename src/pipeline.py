@@ -16,6 +16,8 @@ from omegaconf import OmegaConf
 
 from src.errors import UserError, did_you_mean
 from src.metrics import Embedder, ot_distance
+from src.recover import preflight, recover_results
+from src.selection_io import SelectionWriter
 from src.selectors.base import SelectionContext, Selector, check_k
 from src.stages import autolabel, gradients, load_data, load_models, to_plain
 from src.tasks import get_task
@@ -67,10 +69,12 @@ def validate(cfg) -> None:
 
 
 def run(cfg, out_dir: Path, logger=None) -> dict:
+    """An experiment, or (mode=recover) a recovery: without true data it stops after selection."""
     validate(cfg)
     task = get_task(cfg)
     timer = Timer()
     selectors = build_selectors(cfg)
+    preflight(cfg, selectors)
     with timer("data"):
         data = load_data(cfg)
     if any(s.name != "expert" for s in selectors.values()):
@@ -83,9 +87,13 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
     if any(s.needs_gradients for s in selectors.values()):
         with timer("gradients"):
             grads, target = gradients(cfg, pair, data, labels, task)
+    evaluate = data.task.train is not None
     ctx = SelectionContext(n_seed=len(data.seed), labels=labels.get("labels"), logp_f=labels["logp_f"],
-                           logp_0=labels["logp_0"], n_true=len(data.task.train), grads=grads, target=target,
-                           rng=cfg.rng)
+                           logp_0=labels["logp_0"], n_true=len(data.task.train) if evaluate else 0, grads=grads,
+                           target=target, rng=cfg.rng)
+    writer = SelectionWriter(out_dir, task, data, labels, ctx, selectors)
+    if not evaluate:  # recover mode without true data: the selections are the result
+        return recover_results(cfg, task, data, selectors, writer, timer, to_plain(cfg))
 
     test = data.task.test
     with timer("eval/reference"):
@@ -104,6 +112,7 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
         idx = sel.indices.tolist()
         examples = (task.true_examples(data.task.train, idx) if sel.source == "true"
                     else task.seed_examples(data.seed, labels, idx))
+        writer(name, sel, examples)  # before retraining: the picks are kept even if it fails
         with timer(f"{name}/retrain"):
             model = task.train(pair.fresh(0.0), pair.tokenizer, examples, cfg.retrain, prefix=f"retrain/{name}",
                                logger=logger or False)

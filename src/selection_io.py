@@ -1,0 +1,117 @@
+"""The selection as a dataset a user can read, filter, re-rank and train on.
+
+For every selector a run writes, next to ``selections/<name>.json`` (indices and ids)::
+
+    selections/<name>/selection.jsonl     one row per pick, in pick order
+    selections/<name>/selection.parquet   the same rows
+    scores.parquet                        every seed row: alignment, log p_θf, log p_θ0 (once per run)
+
+Columns of a selection: ``rank`` (1 = first pick), ``row`` (index into the seed corpus, or the true
+data for ``source == "true"``), ``source``, ``id``, then the task's own training columns exactly as
+retraining uses them (``task.seed_examples``: text + autolabel for classification, prompt + generated
+response for SFT, ...; ``label_name`` when the label is a class index), then
+
+- ``objective``: SELECT's greedy objective after this pick, (1/P) Σ_j cos(s_j + g_ij, t) with s_j the
+  running sum of the earlier picks, evaluated along this selector's order with the run's SELECT settings
+  (running_sum / reset_every / normalize); for ``select`` it is the value its greedy step maximised;
+- ``alignment``: this pick's own (1/P) Σ_j cos(g_ij, t), the top-k score;
+- ``logp_f`` / ``logp_0``: log-likelihood of the autolabel under θf / θ0.
+
+Scores are null where they do not exist (picks from the true data; no gradient pass). Files are written
+to a temporary name and renamed, so a killed run leaves no half-written selection.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+
+from src.selectors.topk import alignment
+
+
+def objective_trace(grads: torch.Tensor, target: torch.Tensor, idx, *, running_sum: str = "per_checkpoint",
+                    reset_every: int | None = None, normalize: bool = False) -> list[float]:
+    """SELECT's objective after each pick of ``idx`` (in order): O(k·P·d), no pass over the corpus."""
+    G = grads[:, torch.as_tensor(idx, dtype=torch.long)].double()  # [P, k, d]
+    if normalize:
+        G = F.normalize(G, dim=-1)
+    t = F.normalize(target.double(), dim=0)
+    s = torch.zeros(G.shape[0], G.shape[2], dtype=torch.float64)
+    out = []
+    for r in range(G.shape[1]):
+        if reset_every and r % int(reset_every) == 0:
+            s.zero_()
+        out.append(float(F.cosine_similarity(s + G[:, r], t[None], dim=-1).mean()))
+        s += G[:, r] if running_sum == "per_checkpoint" else G[:, r].mean(0, keepdim=True)
+    return out
+
+
+def selection_columns(examples: dict, idx: list[int], pool, source: str, classes, labels: dict,
+                      align: torch.Tensor | None, trace: list[float] | None) -> dict:
+    """One column per field; the task's ``examples`` (what retraining sees) are written as they are."""
+    k = len(idx)
+    cols = {"rank": list(range(1, k + 1)), "row": list(idx), "source": [source] * k,
+            "id": [pool["id"][i] for i in idx]}
+    cols.update({name: list(values) for name, values in examples.items()})
+    if classes and "label" in examples and all(isinstance(y, int) for y in examples["label"]):
+        cols["label_name"] = [classes[y] if 0 <= y < len(classes) else None for y in examples["label"]]
+    seed = source == "seed"
+    cols["objective"] = list(trace) if seed and trace is not None else [None] * k
+    cols["alignment"] = align[idx].tolist() if seed and align is not None else [None] * k
+    for key in ("logp_f", "logp_0"):
+        cols[key] = labels[key][torch.as_tensor(idx, dtype=torch.long)].tolist() if seed else [None] * k
+    return cols
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def write_table(cols: dict, folder: Path, stem: str, jsonl: bool = True) -> datasets.Dataset:
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_dict(cols)
+    _atomic(folder / f"{stem}.parquet", ds.to_parquet)
+    if jsonl:
+        _atomic(folder / f"{stem}.jsonl", lambda p: ds.to_json(p, lines=True, force_ascii=False))
+    return ds
+
+
+def write_scores(out_dir: Path, seed, labels: dict, align: torch.Tensor | None) -> None:
+    """Every seed row's scores, so picks can be re-ranked or thresholded without rerunning."""
+    cols = {"row": list(range(len(seed))), "id": list(seed["id"]), "text": list(seed["text"])}
+    if align is not None:
+        cols["alignment"] = align.tolist()
+    cols["logp_f"], cols["logp_0"] = labels["logp_f"].tolist(), labels["logp_0"].tolist()
+    write_table(cols, out_dir, "scores", jsonl=False)
+
+
+def seed_alignment(ctx) -> torch.Tensor | None:
+    return alignment(ctx.grads, ctx.target) if ctx.grads is not None else None
+
+
+class SelectionWriter:
+    """Writes ``scores.parquet`` once and each selector's selection files (see the module docstring)."""
+
+    def __init__(self, out_dir: Path, task, data, labels: dict, ctx, selectors: dict):
+        from src.selectors.select import SelectSelector
+
+        self.out_dir, self.task, self.data, self.labels, self.ctx = Path(out_dir), task, data, labels, ctx
+        self.align = seed_alignment(ctx)
+        # One set of SELECT settings for every selector's objective column, so the columns compare.
+        self.objective_kw = next((s.kw for s in selectors.values() if isinstance(s, SelectSelector)), {})
+        write_scores(self.out_dir, data.seed, labels, self.align)
+
+    def __call__(self, name: str, sel, examples: dict) -> datasets.Dataset:
+        idx = sel.indices.tolist()
+        seed = sel.source == "seed"
+        pool = self.data.seed if seed else self.data.task.train
+        trace = (objective_trace(self.ctx.grads, self.ctx.target, idx, **self.objective_kw)
+                 if seed and self.ctx.grads is not None else None)
+        cols = selection_columns(examples, idx, pool, sel.source, self.data.task.classes, self.labels,
+                                 self.align, trace)
+        return write_table(cols, self.out_dir / "selections" / name, "selection")
