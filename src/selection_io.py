@@ -9,7 +9,8 @@ For every selector a run writes, next to ``selections/<name>.json`` (indices and
 Columns of a selection: ``rank`` (1 = first pick), ``row`` (index into the seed corpus, or the true
 data for ``source == "true"``), ``source``, ``id``, then the task's own training columns exactly as
 retraining uses them (``task.seed_examples``: text + autolabel for classification, prompt + generated
-response for SFT, ...; ``label_name`` when the label is a class index), then
+response for SFT, ...; ``label_name`` when the label is a class index), the corpus's other columns
+(e.g. ``group``), then
 
 - ``objective``: SELECT's greedy objective after this pick, (1/P) Σ_j cos(s_j + g_ij, t) with s_j the
   running sum of the earlier picks, evaluated along this selector's order with the run's SELECT settings
@@ -56,6 +57,10 @@ def selection_columns(examples: dict, idx: list[int], pool, source: str, classes
     cols = {"rank": list(range(1, k + 1)), "row": list(idx), "source": [source] * k,
             "id": [pool["id"][i] for i in idx]}
     cols.update({name: list(values) for name, values in examples.items()})
+    for name in pool.column_names:  # what else the corpus holds (e.g. text, group): for filtering picks
+        if name not in cols:
+            column = pool[name]
+            cols[name] = [column[i] for i in idx]
     if classes and "label" in examples and all(isinstance(y, int) for y in examples["label"]):
         cols["label_name"] = [classes[y] if 0 <= y < len(classes) else None for y in examples["label"]]
     seed = source == "seed"
