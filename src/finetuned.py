@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -40,6 +41,22 @@ def check_exists(name: str, what: str) -> None:
     looks_local = p.is_absolute() or name.startswith((".", "~")) or not _HUB_ID.match(name)
     if looks_local:
         raise UserError(f"{what}: path {name} does not exist")
+    # "outputs/thetaf" could be a hub id "org/name"; offline, only the HF cache can hold one.
+    if "/" in name and _offline() and not _in_hub_cache(name):
+        raise UserError(f"{what}: path {name} does not exist (and it is no hub model in the offline HF cache)")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("config.json", ADAPTER_CONFIG))
+    except ValueError:  # not a valid repo id
+        return False
 
 
 def _adapter_touches(cfg: dict, head: str) -> bool:

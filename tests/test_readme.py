@@ -38,4 +38,4 @@ def test_readme_recover_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert datasets.load_dataset("parquet", data_files=str(runs[0]), split="train")["row"] == picks["row"]
     assert (runs[0].parents[2] / "scores.parquet").is_file() and (runs[0].parents[2] / "results.json").is_file()
     out = capsys.readouterr().out
-    assert "objective" in out and "group" in out or "count" in out
+    assert "objective" in out and re.search(r"(noun|verb|adj)\.\w+ +\d+", out)  # the printed topic counts

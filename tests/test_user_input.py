@@ -84,7 +84,8 @@ def test_gpu_trainer_without_a_gpu_is_one_line(tiny_cfg, tmp_path, earlier):
 
 
 def test_finetuned_path_that_does_not_exist_says_so(tiny_cfg, tmp_path, earlier):
-    for path in (tmp_path / "no_such_model", "./models/no_such_model"):
+    # Absolute, ./relative, and (offline, as tests run) a relative path that could pass for a hub id.
+    for path in (tmp_path / "no_such_model", "./models/no_such_model", "outputs/no_such_model"):
         msg = fails_cleanly(tiny_cfg(f"model.finetuned={path}"), earlier, "model.finetuned: path .* does not exist",
                             tmp_path)
         assert "repo" not in msg.lower()  # not hub repo-id advice
