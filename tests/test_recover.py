@@ -122,3 +122,24 @@ def test_recover_needs_theta_f_and_no_true_data_selectors(tmp_path):
     with pytest.raises(UserError, match=r"selector\(s\) \['expert'\] pick from the true data"):
         run(recover_cfg(tmp_path, f"model.finetuned={tmp_path}", "baselines=[expert]"), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_recover_from_the_command_line(tiny_cfg, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cfg = tiny_cfg()
+    load_models(cfg, load_data(cfg), get_task(cfg)).load(1.0).save_pretrained(tmp_path / "thetaf")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "W2D_CACHE_DIR": str(tmp_path / "cache")}
+    p = subprocess.run([sys.executable, "-m", "src.main", *TINY_RECOVER, f"model.finetuned={tmp_path / 'thetaf'}",
+                        "baselines=[random]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "weights2data recover (classification)" in p.stdout and "selection.parquet" in p.stdout
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["mode"] == "recover" and [r["selector"] for r in res["results"]] == ["select", "random"]
+    assert len(read_selection(tmp_path / "run", "random")) == 8
