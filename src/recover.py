@@ -57,18 +57,22 @@ def check_device(trainer) -> None:
 
 
 def classes_without_data(cfg) -> list[str]:
-    """The class names when there is no true data: ``classes=[...]`` if set, else θf's id2label.
+    """The class names when there is no true data: ``classes=[...]`` if set, else the id2label of a θf
+    with a sequence-classification head.
 
-    Tasks without classes (SFT, LM) ignore them. A PEFT adapter folder has no config.json of its
-    own; its classes come from ``classes``.
+    Tasks without classes (SFT, LM) ignore them. A causal LM's config carries a placeholder id2label
+    (LABEL_0, LABEL_1) that names no real classes, and a PEFT adapter folder has no config.json of
+    its own: label-word classification and adapters take their classes from ``classes``.
     """
     if cfg.get("classes"):
         return [str(c) for c in cfg.classes]
     finetuned = cfg.model.get("finetuned")
     path = Path(str(finetuned)) / "config.json"
     if finetuned and not is_adapter(str(finetuned)) and path.is_file():
-        id2label = json.loads(path.read_text()).get("id2label") or {}
-        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+        config = json.loads(path.read_text())
+        if any("SequenceClassification" in a for a in config.get("architectures") or []):
+            id2label = config.get("id2label") or {}
+            return [str(id2label[k]) for k in sorted(id2label, key=int)]
     return []
 
 
