@@ -23,6 +23,8 @@ to a temporary name and renamed, so a killed run leaves no half-written selectio
 """
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 from pathlib import Path
 
@@ -32,20 +34,32 @@ import torch.nn.functional as F
 
 from src.selectors.topk import alignment
 
+log = logging.getLogger(__name__)
+
 
 def objective_trace(grads: torch.Tensor, target: torch.Tensor, idx, *, running_sum: str = "per_checkpoint",
-                    reset_every: int | None = None, normalize: bool = False) -> list[float]:
-    """SELECT's objective after each pick of ``idx`` (in order): O(k·P·d), no pass over the corpus."""
+                    reset_every: int | None = None, normalize: bool = False, center: bool = False,
+                    chunk: int = 16384) -> list[float]:
+    """SELECT's objective after each pick of ``idx`` (in order): O(k·P·d), plus one pass over the corpus
+    for ``center`` (the seed mean ḡ_j is removed from every gradient, and the target's component along
+    ḡ_j from t_j, as SELECT's ``center`` option does)."""
     G = grads[:, torch.as_tensor(idx, dtype=torch.long)].double()  # [P, k, d]
+    t = target.double()[None].expand(G.shape[0], -1)               # [P, d]
+    if center:
+        gbar = sum(grads[:, lo:lo + chunk].double().sum(1) for lo in range(0, grads.shape[1], chunk))
+        gbar = gbar / max(grads.shape[1], 1)
+        gg = (gbar * gbar).sum(-1, keepdim=True)
+        coef = torch.where(gg > 0, (gbar * t).sum(-1, keepdim=True) / gg.clamp_min(1e-300), torch.zeros_like(gg))
+        G, t = G - gbar[:, None], t - coef * gbar
     if normalize:
         G = F.normalize(G, dim=-1)
-    t = F.normalize(target.double(), dim=0)
+    t = F.normalize(t, dim=-1)
     s = torch.zeros(G.shape[0], G.shape[2], dtype=torch.float64)
     out = []
     for r in range(G.shape[1]):
         if reset_every and r % int(reset_every) == 0:
             s.zero_()
-        out.append(float(F.cosine_similarity(s + G[:, r], t[None], dim=-1).mean()))
+        out.append(float(F.cosine_similarity(s + G[:, r], t, dim=-1).mean()))
         s += G[:, r] if running_sum == "per_checkpoint" else G[:, r].mean(0, keepdim=True)
     return out
 
@@ -108,7 +122,11 @@ class SelectionWriter:
         self.out_dir, self.task, self.data, self.labels, self.ctx = Path(out_dir), task, data, labels, ctx
         self.align = seed_alignment(ctx)
         # One set of SELECT settings for every selector's objective column, so the columns compare.
-        self.objective_kw = next((s.kw for s in selectors.values() if isinstance(s, SelectSelector)), {})
+        kw = next((s.kw for s in selectors.values() if isinstance(s, SelectSelector)), {})
+        known = inspect.signature(objective_trace).parameters
+        self.objective_kw = {k: v for k, v in kw.items() if k in known}
+        if set(kw) - set(known):  # a SELECT option this column does not model: say so rather than mislabel
+            log.warning("selection files: the objective column ignores SELECT option(s) %s", sorted(set(kw) - set(known)))
         write_scores(self.out_dir, data.seed, labels, self.align)
 
     def __call__(self, name: str, sel, examples: dict) -> datasets.Dataset:
