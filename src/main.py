@@ -43,6 +43,17 @@ def print_table(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if "reference" not in res:  # recover mode without true data: where the selections are
+        c = res["config"]
+        t = Table(title=f"weights2data recover ({res['task']}): k={c['k']} d={c['d']} P={c['P']} "
+                        f"from {res['n_seed']} seed rows (all scores: {res['scores']})")
+        for col in ("selector", "picks", "objective after the last pick", "selection"):
+            t.add_column(col)
+        for r in res["results"]:
+            obj = "" if r["objective"] is None else f"{r['objective']:.4f}"
+            t.add_row(r["selector"], str(r["k"]), obj, r["selection"])
+        Console(width=160).print(t)
+        return
     c, m, ref = res["config"], res["metric"], res["reference"]
     t = Table(title=f"weights2data ({res['task']}): k={c['k']} d={c['d']} P={c['P']} rng={c['rng']}")
     for col in ("selector", m, "OT distance", "what the picks are"):

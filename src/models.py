@@ -8,8 +8,10 @@ or ``random:<model_type>`` for a tiny randomly initialised model built from ``co
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -49,17 +51,26 @@ def load_tokenizer(cfg):
     return tok
 
 
-def build_classifier(cfg, num_labels: int, head_seed: int) -> torch.nn.Module:
+def build_classifier(cfg, num_labels: int, head_seed: int, require_head: bool = False) -> torch.nn.Module:
     """θ0 for a classification task: the base model with a new head, initialised from ``head_seed``.
 
     The head seed is part of θ0: θf is finetuned from exactly this model, so the head delta is meaningful.
+    With ``require_head`` (θf given, not finetuned here from this seed) a checkpoint without its head
+    is an error: θf − θ0 on the head would be measured from a random initialisation θf never started from.
     """
     torch.manual_seed(head_seed)
     if cfg.name_or_path.startswith("random:"):
         config = AutoConfig.for_model(cfg.name_or_path[7:], num_labels=num_labels, **dict(cfg.get("config") or {}))
         model = AutoModelForSequenceClassification.from_config(config)
     else:
-        model = _from_hub(AutoModelForSequenceClassification.from_pretrained, cfg.name_or_path, num_labels=num_labels)
+        model, info = _from_hub(AutoModelForSequenceClassification.from_pretrained, cfg.name_or_path,
+                                num_labels=num_labels, output_loading_info=True)
+        fresh = sorted(k for k in info["missing_keys"] if k.startswith(f"{cfg.head}."))
+        if require_head and fresh:
+            raise UserError(
+                f"θ0 '{cfg.name_or_path}' has no trained '{cfg.head}' layer (its checkpoint lacks {fresh[0]}), so "
+                "θf − θ0 there would be measured from a random initialisation; pass as the base model the one θf "
+                "was finetuned from, saved with its classification head")
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
@@ -81,10 +92,26 @@ def check_compatible(state0: dict, statef: dict) -> None:
     """θ0 and θf must be the same architecture: same parameter names and shapes."""
     missing = sorted(set(state0) ^ set(statef))
     if missing:
-        raise UserError(f"base and finetuned models differ in parameters, e.g. {missing[:3]} (present in only one)")
+        raise UserError(f"base and finetuned models are different architectures: they differ in parameters, "
+                        f"e.g. {missing[:3]} (present in only one)")
     for k, v in state0.items():
         if v.shape != statef[k].shape:
-            raise UserError(f"base and finetuned models differ in shape at '{k}': {tuple(v.shape)} vs {tuple(statef[k].shape)}")
+            raise UserError(f"base and finetuned models differ in shape at '{k}': {tuple(v.shape)} vs "
+                            f"{tuple(statef[k].shape)} (different architectures or vocabularies)")
+
+
+def check_same_family(base_config, finetuned: str) -> None:
+    """Compare θ0's config with θf's config.json before θf's weights are loaded: a model of another
+    architecture or vocabulary fails here in one line, not in a shape error later."""
+    path = Path(finetuned) / "config.json"
+    if base_config is None or not path.is_file():
+        return  # hub ids and adapters: the state-dict comparison catches them after loading
+    other = json.loads(path.read_text())
+    for key in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer"):
+        a, b = getattr(base_config, key, None), other.get(key)
+        if a is not None and b is not None and a != b:
+            raise UserError(f"base and finetuned models are different architectures or vocabularies: "
+                            f"{key} is {a!r} in the base and {b!r} in {finetuned}")
 
 
 def interpolate(state0: dict, statef: dict, alpha: float) -> dict:

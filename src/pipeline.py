@@ -16,6 +16,8 @@ from omegaconf import OmegaConf
 
 from src.errors import UserError, did_you_mean
 from src.metrics import Embedder, ot_distance
+from src.recover import preflight, recover_results
+from src.selection_io import SelectionWriter
 from src.selectors.base import SelectionContext, Selector, check_k
 from src.stages import autolabel, gradient_rows, load_data, load_models, to_plain
 from src.tasks import get_task
@@ -68,15 +70,17 @@ def validate(cfg) -> None:
     mode = cfg.retrain.get("select_epoch", "final")
     if mode not in ("final", "val", "test"):
         raise UserError(f"retrain.select_epoch must be final, val or test, got {mode!r}")
-    if mode == "val" and not cfg.dataset.get("n_val"):
+    if mode == "val" and cfg.get("dataset") is not None and not cfg.dataset.get("n_val"):  # recover: no dataset
         raise UserError("retrain.select_epoch=val needs a validation split: set dataset.n_val > 0")
 
 
 def run(cfg, out_dir: Path, logger=None) -> dict:
+    """An experiment, or (mode=recover) a recovery: without true data it stops after selection."""
     validate(cfg)
     task = get_task(cfg)
     timer = Timer()
     selectors = build_selectors(cfg)
+    preflight(cfg, selectors)
     with timer("data"):
         data = load_data(cfg)
     check_seed_columns(task, data.seed, cfg.seed)
@@ -92,12 +96,16 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
         with timer("gradients"):
             grads, target, grads_key = gradient_rows(cfg, pair, data, labels, task)  # stays on disk
     sel = cfg.get("selection") or {}
+    evaluate = data.task.train is not None
     ctx = SelectionContext(n_seed=len(data.seed), labels=labels.get("labels"), logp_f=labels["logp_f"],
-                           logp_0=labels["logp_0"], n_true=len(data.task.train), grads=grads, target=target,
-                           rng=cfg.rng, precision=sel.get("precision", "stored"),
+                           logp_0=labels["logp_0"], n_true=len(data.task.train) if evaluate else 0, grads=grads,
+                           target=target, rng=cfg.rng, precision=sel.get("precision", "stored"),
                            block_rows=int(sel.get("block_rows", 16384)), progress=bool(sel.get("progress", True)),
                            state_dir=Path(cfg.cache_dir) / "selection", grads_key=grads_key,
                            checkpoint_every_s=float(sel.get("checkpoint_every_s", 10.0)))
+    writer = SelectionWriter(out_dir, task, data, labels, ctx, selectors)
+    if not evaluate:  # recover mode without true data: the selections are the result
+        return recover_results(cfg, task, data, selectors, writer, timer, to_plain(cfg))
 
     test = data.task.test
     with timer("eval/reference"):
@@ -116,6 +124,7 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
         idx = sel.indices.tolist()
         examples = (task.true_examples(data.task.train, idx) if sel.source == "true"
                     else task.seed_examples(data.seed, labels, idx))
+        writer(name, sel, examples)  # before retraining: the picks are kept even if it fails
         monitor = epoch_monitor(cfg, task, pair.tokenizer, data.task)
         with timer(f"{name}/retrain"):
             model = task.train(pair.fresh(0.0), pair.tokenizer, examples, cfg.retrain, prefix=f"retrain/{name}",

@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save
 from src.cache import atomic_write_bytes, atomic_write_json, file_sha256, stable_hash, text_fingerprint
 from src.data.loading import TaskData, load_seed, load_task, mix_in_true
 from src.errors import UserError
+from src.finetuned import check_head_changed, is_adapter, merge_adapter
 from src.gradients.runner import GradientPassModule, gradient_pass
-from src.models import ModelPair, check_compatible, checkpoint_alphas
+from src.models import ModelPair, check_compatible, check_same_family, checkpoint_alphas
+from src.recover import classes_without_data, has_true_data
 from src.selectors.rows import StoreRows, resolve_device
 from src.store import ShardStore
 from src.tasks import get_task
@@ -37,7 +39,12 @@ class Data:
 
 
 def load_data(cfg) -> Data:
+    """The true data (absent in recover mode without a dataset: ``task.train`` is None) and the seed corpus."""
     kind = getattr(get_task(cfg), "data_kind", "labelled")  # what the task reads: see src.data.loading
+    if not has_true_data(cfg):
+        seed = load_seed(cfg.seed, cfg.rng, kind=kind)
+        log.info("data: no true data (mode=recover); seed corpus %d examples", len(seed))
+        return Data(TaskData(train=None, test=None, classes=classes_without_data(cfg)), seed)
     task = load_task(cfg.dataset, cfg.rng, kind)
     splits = [task.train, task.test] + ([task.val] if task.val is not None else [])
     exclude = set().union(*(s["id"] for s in splits)) if cfg.seed.get("exclude_true") else set()
@@ -46,6 +53,14 @@ def load_data(cfg) -> Data:
     log.info("data: %d true train / %d val / %d test examples; seed corpus %d examples", len(task.train),
              0 if task.val is None else len(task.val), len(task.test), len(seed))
     return Data(task, seed)
+
+
+def folder_stamp(path: str) -> list | None:
+    """(name, size, mtime) of every file in a local model folder; None for a hub id."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    return sorted((str(f.relative_to(p)), f.stat().st_size, int(f.stat().st_mtime)) for f in p.rglob("*") if f.is_file())
 
 
 def cached(path: Path, compute, what: str) -> dict:
@@ -76,9 +91,16 @@ def load_models(cfg, data: Data, task) -> ModelPair:
     """θ0 (from the task) and θf (given by path, or finetuned on the true data and cached)."""
     model, tok = task.build_base(data.task)
     state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if cfg.model.get("finetuned"):
-        statef = task.load_finetuned(cfg.model.finetuned, data.task).state_dict()
-        key = stable_hash("given", cfg.model.finetuned, cfg.rng)
+    given = cfg.model.get("finetuned")
+    if given:
+        if is_adapter(given):  # θf = θ0 + the adapter's merged update
+            statef = merge_adapter(model, given)
+        else:
+            check_same_family(getattr(model, "config", None), given)
+            statef = task.load_finetuned(given, data.task).state_dict()
+        # The folder's file stamps and the base are in the key: a θf rewritten in place, or another θ0
+        # under the same θf, must not reuse autolabels (log p_θ0) or gradients made from the old one.
+        key = stable_hash("given", given, cfg.rng, cfg.model.name_or_path, folder_stamp(given))
     else:
         key = stable_hash("thetaf", cfg.task, cfg.model, cfg.dataset, cfg.finetune, cfg.rng)
 
@@ -90,6 +112,8 @@ def load_models(cfg, data: Data, task) -> ModelPair:
 
         statef = cached(Path(cfg.cache_dir) / "thetaf" / f"{key}.safetensors", finetune, "θf")
     check_compatible(state0, statef)
+    if given:
+        check_head_changed(state0, statef, cfg.model.head, given)
     return ModelPair(model=model, tokenizer=tok, state0=state0, statef=statef, head_name=cfg.model.head, key=key)
 
 

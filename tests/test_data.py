@@ -162,7 +162,9 @@ def test_include_filter_keeps_only_matching_rows(tmp_path):
 
 def test_include_filter_in_task(news_csv):
     data = load_task(news_cfg(news_csv, include={"label": [0, 2]}), 0)
-    assert set(data.train["label"]) | set(data.test["label"]) == {0, 2}
+    # Two classes left, named by their values; labels are their indices (a loss indexes logits by label).
+    assert data.classes == ["0", "2"]
+    assert set(data.train["label"]) | set(data.test["label"]) == {0, 1}
     assert len(data.train) + len(data.test) == 20
 
 

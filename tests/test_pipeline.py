@@ -65,8 +65,10 @@ def test_finetuned_model_with_other_shapes_is_rejected(tiny_cfg, tmp_path):
         AutoConfig.for_model("bert", hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64, max_position_embeddings=64, num_labels=4))
     other.save_pretrained(tmp_path / "thetaf")
-    with pytest.raises(UserError, match="differ in shape"):
+    # Caught from the two configs, before θf's weights are loaded or anything is computed.
+    with pytest.raises(UserError, match="different architectures or vocabularies: hidden_size is 32 in the base and 48"):
         run(tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}"), tmp_path / "out")
+    assert not (tmp_path / "cache" / "autolabel").exists()
 
 
 def test_given_finetuned_model_is_used_as_theta_f(tiny_cfg, tmp_path):

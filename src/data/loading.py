@@ -44,6 +44,23 @@ def _has_no_rows(path: str) -> bool:
     return len(lines) <= (1 if _builder_for(path) == "csv" else 0)
 
 
+def _check_utf8(path: str, what: str) -> None:
+    """Reject a text file with bytes that are not UTF-8, with a count: datasets would die mid-parse."""
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    bad, first = 0, None
+    with opener(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad, first = bad + 1, first or n
+    if bad:
+        raise UserError(f"{what} file {path} has {bad} line(s) that are not valid UTF-8 (first: line {first}); "
+                        "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
 def load_table(cfg, what: str) -> datasets.DatasetDict:
     """Load every split a config names. ``what`` names the config in error messages."""
     path = str(cfg.path)
@@ -52,6 +69,8 @@ def load_table(cfg, what: str) -> datasets.DatasetDict:
     if builder is not None:  # a local file
         if not Path(path).is_file():
             raise UserError(f"{what} file not found: {path}")
+        if builder != "parquet":
+            _check_utf8(path, what)
         kwargs = {"path": builder, "data_files": path}
         if builder == "csv" and path.endswith(".tsv"):
             kwargs["delimiter"] = "\t"
@@ -97,6 +116,7 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind:
     for field, banned in (cfg.get("exclude") or {}).items():
         banned = set(banned)
         rows = [r for r in rows if r[field] not in banned]
+    rows = _clean_rows(rows, cfg, what)
     if cfg.get("prompt_template") or cfg.get("text_template"):
         texts = _render(rows, cfg.get("prompt_template") or cfg.text_template, what)
     else:
@@ -130,10 +150,32 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind:
             cols = {k: [v[i] for i in keep] for k, v in cols.items()}
             cols["label"] = [index[raw[i]] for i in keep]
         else:
-            cols["label"] = [int(r) for r in raw]
-            if classes and cols["label"] and not 0 <= min(cols["label"]) <= max(cols["label"]) < len(classes):
-                raise UserError(f"{what}: integer labels must lie in [0, {len(classes)}) for classes {classes}")
+            cols["label"] = [int(r) for r in raw]  # their range is checked over every split in load_task
     return datasets.Dataset.from_dict(cols)
+
+
+def _clean_rows(rows: list[dict], cfg, what: str) -> list[dict]:
+    """Skip rows whose text is blank or not a string, and rows repeating an earlier id, saying how many."""
+    field, id_field = cfg.get("text_field"), cfg.get("id_field")
+    if field and not cfg.get("prompt_template"):
+        bad = [i for i, r in enumerate(rows) if not isinstance(r.get(field), str) or not r[field].strip()]
+        if bad:
+            log.warning("%s: skipped %d of %d rows whose '%s' is blank or not text (e.g. row %d)",
+                        what, len(bad), len(rows), field, bad[0])
+            drop = set(bad)
+            rows = [r for i, r in enumerate(rows) if i not in drop]
+    if id_field:
+        seen, keep = set(), []
+        for r in rows:
+            key = str(r.get(id_field))
+            if key not in seen:
+                seen.add(key)
+                keep.append(r)
+        if len(keep) < len(rows):
+            log.warning("%s: skipped %d rows whose '%s' repeats an earlier row's (the first is kept)",
+                        what, len(rows) - len(keep), id_field)
+        rows = keep
+    return rows
 
 
 def _sample(ds: datasets.Dataset, n, seed: int) -> datasets.Dataset:
@@ -142,10 +184,36 @@ def _sample(ds: datasets.Dataset, n, seed: int) -> datasets.Dataset:
     return ds.shuffle(seed=seed).select(range(int(n)))
 
 
+def _index_labels(train, test, classes: list):
+    """Integer labels → class indices 0..C-1, the same map for both splits (losses index by label).
+
+    Without ``classes`` the distinct values, sorted, are the classes (AG News's 1–4 become 0–3, named
+    "1".."4"); with ``classes``, labels 1..C are read as 1-based. Either remap is logged.
+    """
+    if train.features["label"].dtype not in ("int64", "int32"):
+        return train, test, classes
+    values = sorted(set(train["label"]) | set(test["label"]))
+    if not classes:
+        classes = [str(v) for v in values]
+        index = {v: i for i, v in enumerate(values)}
+    elif values and 0 <= values[0] and values[-1] < len(classes):
+        return train, test, classes
+    elif values and 1 <= values[0] and values[-1] <= len(classes):
+        index = {v: v - 1 for v in values}
+    else:
+        raise UserError(f"dataset: integer labels {values[:6]} do not fit the {len(classes)} classes {classes} "
+                        f"(need 0..{len(classes) - 1} or 1..{len(classes)})")
+    if any(v != i for v, i in index.items()):
+        log.info("dataset: integer labels %s mapped to class indices %s (classes %s)", values[:10],
+                 [index[v] for v in values[:10]], classes[:10])
+        train, test = (ds.map(lambda y: {"label": index[y]}, input_columns="label") for ds in (train, test))
+    return train, test, classes
+
+
 @dataclass
 class TaskData:
-    train: datasets.Dataset  # the hidden true data θf was finetuned on
-    test: datasets.Dataset
+    train: datasets.Dataset | None  # the hidden true data θf was finetuned on (None: recover mode without it)
+    test: datasets.Dataset | None
     classes: list[str]
     val: datasets.Dataset | None = None  # true rows θf never saw, for choosing retraining epochs
 
@@ -165,7 +233,9 @@ def load_task(cfg, rng: int, kind: str = "labelled") -> TaskData:
     else:  # one file, no test split: a seeded split
         parts = train.train_test_split(test_size=cfg.get("test_size", 0.2), seed=rng)
         train, test = parts["train"], parts["test"]
-    if not classes and kind == "labelled":
+    if kind == "labelled":
+        train, test, classes = _index_labels(train, test, classes)
+    if not classes and kind == "labelled":  # labels of another integer dtype: their sorted values
         classes = [str(c) for c in sorted(set(train["label"]) | set(test["label"]))]
     train, val = _carve_val(train, cfg.get("n_train"), cfg.get("n_val") or 0, rng)
     test = _sample(test, cfg.get("n_test"), rng + 1)

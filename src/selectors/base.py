@@ -46,6 +46,7 @@ class Selection:
 class Selector:
     name = "base"
     needs_gradients = False
+    needs_true_data = False  # picks from the hidden true data (only an experiment has it)
 
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         raise NotImplementedError

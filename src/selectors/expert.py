@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 
 class ExpertSelector(Selector):
     name = "expert"
+    needs_true_data = True
 
     def __call__(self, ctx: SelectionContext, k: int) -> Selection:
         return self.select(ctx, k)  # k is bounded by the true data, not by the seed corpus

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from src.errors import UserError
 from src.gradients.classification import projected_head_grads_fn, projected_target
 from src.models import build_classifier, load_finetuned, load_tokenizer
 from src.training import accuracy, fit_classifier, logits_fn, predict, text_collate
@@ -19,8 +20,14 @@ class ClassificationTask:
 
     # -- models -------------------------------------------------------------------
     def build_base(self, data):
-        """θ0: the base model with a new head seeded by ``rng`` (θf is finetuned from exactly this)."""
-        return build_classifier(self.cfg.model, len(data.classes), head_seed=self.cfg.rng), load_tokenizer(self.cfg.model)
+        """θ0: the base model with a new head seeded by ``rng`` (θf is finetuned from exactly this). When θf
+        is given instead, θ0 must carry the head θf started from (``require_head``)."""
+        if not data.classes:
+            raise UserError("classification needs its classes: give a dataset, set classes=[...], or a θf folder "
+                            "whose config.json has id2label")
+        model = build_classifier(self.cfg.model, len(data.classes), head_seed=self.cfg.rng,
+                                 require_head=bool(self.cfg.model.get("finetuned")))
+        return model, load_tokenizer(self.cfg.model)
 
     def load_finetuned(self, path, data):
         return load_finetuned(path, len(data.classes))

@@ -61,7 +61,8 @@ class ClassifyLMTask(ClassificationTask):
         return SFTTask(self.cfg).load_finetuned(path, data)
 
     def _label_tokens(self, tok, classes) -> torch.Tensor:
-        words = list(self.cfg.dataset.get("label_words") or [default_label_word(c) for c in classes])
+        dataset = self.cfg.get("dataset") or {}  # none in recover mode: label words from class names
+        words = list(dataset.get("label_words") or [default_label_word(c) for c in classes])
         if len(words) != len(classes):
             raise UserError(f"dataset.label_words has {len(words)} words for {len(classes)} classes {classes}")
         ids = []
@@ -79,7 +80,7 @@ class ClassifyLMTask(ClassificationTask):
         return torch.as_tensor(ids)
 
     def _template(self) -> str:
-        return self.cfg.dataset.get("lm_prompt") or self.opts.prompt
+        return (self.cfg.get("dataset") or {}).get("lm_prompt") or self.opts.prompt
 
     def collate(self, tokenizer):
         """(text, class or None) items → right-padded prompt ids; long prompts lose their start,
