@@ -164,8 +164,18 @@ def epoch_monitor(cfg, task, tokenizer, data) -> EpochMonitor | None:
         return None
     split = data.val if mode == "val" else data.test
     sign = 1.0 if task.higher_is_better else -1.0
-    return EpochMonitor(lambda m: sign * task.evaluate(m, tokenizer, split)[task.metric],
-                        patience=cfg.retrain.get("patience"), sign=sign)
+
+    def score(model) -> float:
+        # The evaluation runs inside the training loop: a second live progress display would break the
+        # first (rich keeps one stack of them), so the nested pass runs without one.
+        shown = task.cfg.trainer.progress_bar
+        task.cfg.trainer.progress_bar = False
+        try:
+            return sign * task.evaluate(model, tokenizer, split)[task.metric]
+        finally:
+            task.cfg.trainer.progress_bar = shown
+
+    return EpochMonitor(score, patience=cfg.retrain.get("patience"), sign=sign)
 
 
 def _leaked_share(pool, idx) -> float | None:

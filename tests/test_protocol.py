@@ -120,3 +120,12 @@ def test_sft_with_a_seed_corpus_without_prompts_fails_in_one_line(tmp_path):
 def test_validation_size_may_be_a_fraction_of_train():
     train, val = _carve_val(pool(20), None, 0.1, rng=0)
     assert len(val) == 2 and len(train) == 18
+
+
+def test_best_epoch_retraining_runs_with_progress_bars_on(tiny_cfg, tmp_path):
+    """The per-epoch evaluation runs inside the training loop; with bars on (the default trainer) the
+    nested pass must not start a second live display (rich's stack broke on that)."""
+    from src.pipeline import run
+
+    res = run(tiny_cfg("trainer.progress_bar=true", "baselines=[random]", "retrain.epochs=2"), tmp_path / "r")
+    assert all(r["epochs_run"] >= 1 for r in res["results"])
