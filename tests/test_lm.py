@@ -147,8 +147,8 @@ LOCAL = [o for o in TINY_LM if not o.startswith("dataset")] + ["dataset=local"]
 
 
 @pytest.mark.parametrize("rows, msg", [
-    ([{"text": "", "id": i} for i in range(10)], "every document is empty"),
-    ([{"text": None, "id": i} for i in range(10)], "every document is empty"),
+    ([{"text": "", "id": i} for i in range(10)], "every row's 'text' is blank or not text"),
+    ([{"text": None, "id": i} for i in range(10)], "every row's 'text' is blank or not text"),
     ([{"body": "some words", "id": i} for i in range(10)], "no field 'text'"),
 ])
 def test_bad_documents_are_user_errors(tiny_cfg, tmp_path, rows, msg):

@@ -159,6 +159,8 @@ def _clean_rows(rows: list[dict], cfg, what: str) -> list[dict]:
     field, id_field = cfg.get("text_field"), cfg.get("id_field")
     if field and not cfg.get("prompt_template"):
         bad = [i for i, r in enumerate(rows) if not isinstance(r.get(field), str) or not r[field].strip()]
+        if bad and len(bad) == len(rows):  # nothing left to learn from or select: say so, not a later symptom
+            raise UserError(f"{what}: every row's '{field}' is blank or not text ({len(rows)} rows)")
         if bad:
             log.warning("%s: skipped %d of %d rows whose '%s' is blank or not text (e.g. row %d)",
                         what, len(bad), len(rows), field, bad[0])

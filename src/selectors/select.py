@@ -118,7 +118,8 @@ class SelectSelector(Selector):
 
     def __init__(self, running_sum: str = "per_checkpoint", reset_every: int | None = None, normalize: bool = False,
                  center: bool = False, method: str = "exact", epsilon: float = 0.01, batch: int = 100,
-                 pool: int = 1000):
+                 pool: int = 1000, name: str = "select"):
+        self.name = name  # a variant's config (e.g. select_centered) names its own result row
         self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center,
                        method=method, epsilon=epsilon, batch=batch, pool=pool)
 
