@@ -21,13 +21,13 @@ bench-classification:  ## embedded fresh-head classification, 3 random seeds, me
 	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classification -- \
 	  "baselines=[topk,topk_balanced,random,likelihood,likelihood_ratio,expert]"
 
-CLM_BASELINES := "baselines=[select_centered,topk,topk_balanced,random,likelihood_ratio,expert]"
+CLM_BASELINES := "baselines=[topk,topk_balanced,random,expert]"
 bench-classify-lm:  ## label-word classification on the LM head: WordNet seed, the harder seed, raw gradients
 	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm -- task=classify_lm $(CLM_BASELINES)
 	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm_other_topics -- task=classify_lm \
 	  seed=wordnet_other_topics $(CLM_BASELINES)
 	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm_raw -- task=classify_lm \
-	  classify_lm.precondition=none "baselines=[select_centered,topk_balanced,random]"
+	  classify_lm.precondition=none "baselines=[random]"
 
 sweep-demo:         ## small multirun (SELECT vs topk/random at d=256,1024; a few minutes on 2 cores)
 	$(PY) -m src.main -m experiment=sweep_demo
