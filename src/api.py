@@ -18,7 +18,8 @@ import os
 import time
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from src.config import CONF_DIR, compose_config, quiet_libraries
+
 # Extra Hydra overrides appended to every call (tests shrink the embedded models with it).
 EXTRA_OVERRIDES: list[str] = []
 
@@ -28,14 +29,9 @@ def _q(value) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from src.main import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, *EXTRA_OVERRIDES])
+def _compose(overrides: list[str]):
+    """The config this API runs: the overrides built here, then ``EXTRA_OVERRIDES``."""
+    return compose_config([*overrides, *EXTRA_OVERRIDES])
 
 
 def _model_overrides(base: str) -> list[str]:
@@ -52,7 +48,7 @@ def model_path(base: str = "wordnet_lm", task: str = "sft", cache_dir: str | Non
     from src.lm.base_lm import ensure_base_lm
     from src.models import resolve_path
 
-    cfg = compose_config([f"task={task}", *_model_overrides(base), *([f"cache_dir={_q(cache_dir)}"] if cache_dir else [])])
+    cfg = _compose([f"task={task}", *_model_overrides(base), *([f"cache_dir={_q(cache_dir)}"] if cache_dir else [])])
     if cfg.model.name_or_path == "base_lm":  # the embedded LM: a folder in cache_dir, pretrained once
         return ensure_base_lm(OmegaConf.to_container(cfg.base_lm, resolve=True), cfg.cache_dir)
     return resolve_path(str(cfg.model.name_or_path))
@@ -93,7 +89,6 @@ def recover(base: str, finetuned: str, corpus=None, k: int = 100, *, task: str =
     """
     import datasets
 
-    from src.main import quiet_libraries
     from src.pipeline import run
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -112,7 +107,7 @@ def recover(base: str, finetuned: str, corpus=None, k: int = 100, *, task: str =
         o.append(f"classes=[{','.join(_q(c) for c in classes)}]")
     if cache_dir:
         o.append(f"cache_dir={_q(cache_dir)}")
-    cfg = compose_config([*o, *overrides])
+    cfg = _compose([*o, *overrides])
     res = run(cfg, out)
     (out / "results.json").write_text(json.dumps(res, indent=2))
     sel = out / "selections" / res["results"][0]["selector"] / "selection.parquet"

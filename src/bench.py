@@ -16,8 +16,6 @@ import statistics
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
 
 def aggregate(results: list[dict]) -> list[dict]:
     """Rows of runs (one results.json each) → one row per selector with mean and std of its metrics."""
@@ -76,16 +74,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from src.main import register_resolvers
+    from src.config import compose_config
     from src.pipeline import run
 
-    register_resolvers()
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
-    conf = Path(__file__).resolve().parents[1] / "conf"
     results = []
     for s in args.seeds:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["logger=none", f"rng={s}", *args.overrides])
+        cfg = compose_config(["logger=none", f"rng={s}", *args.overrides])
         t0 = time.perf_counter()
         res = run(cfg, out / f"rng{s}")
         res["wall_s"] = time.perf_counter() - t0

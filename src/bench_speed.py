@@ -73,18 +73,13 @@ def _quiet():
 
 # -- the MiniLM setup shared by (a) and (c) -----------------------------------------------------
 def _minilm(n_seed: int, cache_dir: Path, overrides=()):
-    from hydra import compose, initialize_config_dir
-
-    from src.main import register_resolvers
+    from src.config import compose_config
     from src.models import ModelPair
     from src.stages import load_data
     from src.tasks import get_task
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "logger=none", "trainer.progress_bar=false", f"seed.max_examples={n_seed}",
-            f"cache_dir={cache_dir}", *overrides])
+    cfg = compose_config(["logger=none", "trainer.progress_bar=false", f"seed.max_examples={n_seed}",
+                          f"cache_dir={cache_dir}", *overrides])
     task = get_task(cfg)
     data = load_data(cfg)
     model, tok = task.build_base(data.task)

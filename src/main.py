@@ -16,27 +16,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from src.config import CONF_DIR, quiet_libraries, register_resolvers
 from src.errors import UserError
 from src.tracking import finish, log_run, make_logger
 
 log = logging.getLogger("src.main")
-
-
-def register_resolvers() -> None:
-    """``${asset:name}``: a file shipped in src/data/assets (so configs need no absolute paths)."""
-    if not OmegaConf.has_resolver("asset"):
-        assets = Path(__file__).resolve().parent / "data" / "assets"
-        OmegaConf.register_new_resolver("asset", lambda name: str(assets / name))
-
-
-def quiet_libraries() -> None:
-    """Lightning repeats the same device banner for every fit/predict call; keep warnings only."""
-    for name in ("lightning.pytorch", "lightning.fabric", "transformers.modeling_utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    import warnings
-
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
 def print_table(res: dict) -> None:
@@ -70,7 +54,7 @@ def print_table(res: dict) -> None:
     Console(width=140).print(t)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     from src.pipeline import run  # heavy imports only once a run really starts
 

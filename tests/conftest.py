@@ -9,12 +9,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
-from src.main import register_resolvers  # noqa: E402
+from src.config import CONF_DIR, compose_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 
 # Small enough that a whole pipeline run takes seconds on 2 CPU cores.
 TINY = [
@@ -26,10 +25,8 @@ TINY = [
 
 
 def compose_cfg(overrides=(), tmp_path=None):
-    register_resolvers()
     extra = [f"cache_dir={tmp_path / 'cache'}"] if tmp_path is not None else []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY, *extra, *overrides])
+    return compose_config([*TINY, *extra, *overrides])
 
 
 @pytest.fixture

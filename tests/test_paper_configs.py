@@ -4,20 +4,11 @@ out of reach here, so the embedded WordNet data stands in for the hub datasets).
 import pytest
 from omegaconf import OmegaConf
 
+from src.config import compose_config
 from src.lm.base_lm import ensure_base_lm
 from src.pipeline import run
-
-from hydra import compose, initialize_config_dir
-
-from src.main import register_resolvers
-from tests.conftest import CONF, compose_cfg
+from tests.conftest import compose_cfg
 from tests.test_classify_lm import TINY_CLM
-
-def compose_plain(overrides):
-    """The real config with no test shrinking (conftest's TINY would replace model, k, d and P)."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def tiny_gpt2(tmp_path) -> list[str]:
@@ -37,7 +28,7 @@ PAPER_CLASSIFICATION = {"paper_ag_news": ("fancyzhx/ag_news", 4), "paper_dbpedia
 
 @pytest.mark.parametrize("name", sorted(PAPER_CLASSIFICATION))
 def test_paper_classification_configs_compose_to_the_paper_setting(name, tmp_path):
-    cfg = compose_plain([f"experiment={name}"])
+    cfg = compose_config([f"experiment={name}"])  # unshrunk: TINY would replace model, k, d, P
     assert (cfg.k, cfg.d, cfg.P, cfg.checkpoints) == (1000, 4096, 1, "theta_f")
     path, n_classes = PAPER_CLASSIFICATION[name]
     assert cfg.task == "classify_lm" and cfg.model.name_or_path == "gpt2" and cfg.model.head == "lm_head"
@@ -58,7 +49,7 @@ def test_paper_ag_news_runs_end_to_end_with_a_tiny_random_gpt2(tmp_path):
 
 
 def test_paper_msmarco_composes_to_plain_lm_on_passages():
-    cfg = compose_plain(["experiment=paper_msmarco"])
+    cfg = compose_config(["experiment=paper_msmarco"])
     assert (cfg.task, cfg.k, cfg.d, cfg.P) == ("lm", 500, 4096, 1)
     assert cfg.model.name_or_path == "gpt2" and cfg.model.head == "lm_head"
     assert cfg.dataset.path == "sentence-transformers/msmarco-corpus" and cfg.dataset.text_field == "text"

@@ -3,14 +3,13 @@ and the same picks as an experiment on the same θ0 / θf / seed corpus."""
 import datasets
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from src.config import compose_config
 from src.errors import UserError
-from src.main import register_resolvers
 from src.pipeline import run
 from src.stages import load_data, load_models
 from src.tasks import get_task
-from tests.conftest import CONF, TINY
+from tests.conftest import TINY
 from tests.test_sft import TINY_SFT
 
 pytestmark = pytest.mark.slow
@@ -22,9 +21,7 @@ SFT_RECOVER = ["task=sft", "model=wordnet_lm", "seed=wordnet_prompts",
 
 
 def recover_cfg(tmp_path, *overrides):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY_RECOVER, f"cache_dir={tmp_path / 'cache'}", *overrides])
+    return compose_config([*TINY_RECOVER, f"cache_dir={tmp_path / 'cache'}", *overrides])
 
 
 def read_selection(run_dir, name, fmt="parquet"):

@@ -264,7 +264,7 @@ def default_cfg() -> dict:
     """conf/base_lm/default.yaml, resolved (its asset path uses the project's ``${asset:...}``)."""
     from omegaconf import OmegaConf
 
-    from src.main import register_resolvers
+    from src.config import register_resolvers
 
     register_resolvers()
     return OmegaConf.to_container(OmegaConf.load(CONF), resolve=True)
