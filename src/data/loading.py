@@ -117,10 +117,12 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind:
         banned = set(banned)
         rows = [r for r in rows if r[field] not in banned]
     rows = _clean_rows(rows, cfg, what)
+    # Config values are read once into locals: an OmegaConf attribute read per row costs more than the row.
     if cfg.get("prompt_template") or cfg.get("text_template"):
         texts = _render(rows, cfg.get("prompt_template") or cfg.text_template, what)
     else:
-        texts = ["" if r[cfg.text_field] is None else str(r[cfg.text_field]) for r in rows]
+        field = cfg.text_field
+        texts = ["" if r[field] is None else str(r[field]) for r in rows]
     if kind == "documents":  # a blank document has no tokens to learn or score: drop it, but never all
         keep = [i for i, t in enumerate(texts) if t.strip()]
         if rows and not keep:
@@ -138,9 +140,11 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind:
         cols["response"] = _render(rows, cfg.response_template, what)
         cols["text"] = [p + r for p, r in zip(cols["prompt"], cols["response"])]
     if cfg.get("group_field"):
-        cols["group"] = [str(r[cfg.group_field]) for r in rows]
+        group_field = cfg.group_field
+        cols["group"] = [str(r[group_field]) for r in rows]
     if labelled:
-        raw = [r[cfg.label_field] for r in rows]
+        label_field = cfg.label_field
+        raw = [r[label_field] for r in rows]
         if raw and isinstance(raw[0], str):
             if not classes:
                 raise UserError(f"{what}: labels in '{cfg.label_field}' are strings (e.g. {raw[0]!r}); "
@@ -152,6 +156,36 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind:
         else:
             cols["label"] = [int(r) for r in raw]  # their range is checked over every split in load_task
     return datasets.Dataset.from_dict(cols)
+
+
+_MEMO: dict[str, datasets.Dataset] = {}
+_MEMO_SIZE = 8
+
+
+def normalised_split(cfg, split: str, what: str, classes: list | None, kind: str) -> datasets.Dataset:
+    """``_normalise(load_table(cfg)[split])``, remembered in this process for the same file and settings.
+
+    Loading and normalising the embedded WordNet file (114k rows) costs seconds, and a sweep, a benchmark
+    or a test session loads it many times with the same settings; a changed local file (size or mtime)
+    or any changed setting is a new entry. Datasets are immutable (every operation returns a new one),
+    so sharing one between callers is safe.
+    """
+    from omegaconf import OmegaConf
+
+    from src.cache import stable_hash
+
+    path = Path(str(cfg.path))
+    stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+    plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    key = stable_hash(plain, stamp, split, what, classes, kind)
+    if key not in _MEMO:
+        table = load_table(cfg, what)
+        if split not in table:
+            raise UserError(f"{what} '{cfg.path}' has no split '{split}'; it has {list(table)}")
+        if len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = _normalise(table[split], cfg, what, classes, kind)
+    return _MEMO[key]
 
 
 def _clean_rows(rows: list[dict], cfg, what: str) -> list[dict]:
@@ -186,6 +220,11 @@ def _sample(ds: datasets.Dataset, n, seed: int) -> datasets.Dataset:
     return ds.shuffle(seed=seed).select(range(int(n)))
 
 
+def _column(ds: datasets.Dataset, name: str) -> list:
+    """One column as a Python list in one columnar read (``ds[name]`` reads row by row)."""
+    return ds.select_columns([name]).to_dict()[name]
+
+
 def _index_labels(train, test, classes: list):
     """Integer labels → class indices 0..C-1, the same map for both splits (losses index by label).
 
@@ -194,7 +233,7 @@ def _index_labels(train, test, classes: list):
     """
     if train.features["label"].dtype not in ("int64", "int32"):
         return train, test, classes
-    values = sorted(set(train["label"]) | set(test["label"]))
+    values = sorted(set(_column(train, "label")) | set(_column(test, "label")))
     if not classes:
         classes = [str(v) for v in values]
         index = {v: i for i, v in enumerate(values)}
@@ -224,14 +263,13 @@ def load_task(cfg, rng: int, kind: str = "labelled") -> TaskData:
     """The hidden finetuning data and its held-out test split, shaped for a task of data ``kind``."""
     if kind not in KINDS:
         raise ValueError(f"data kind must be one of {KINDS}, got {kind!r}")
-    table = load_table(cfg, "dataset")
     if kind == "prompt_response" and not (cfg.get("prompt_template") and cfg.get("response_template")):
         raise UserError("an SFT dataset config needs prompt_template and response_template")
     classes = list(cfg.get("classes") or []) if kind == "labelled" else []
-    train = _normalise(table[cfg.get("train_split", "train")], cfg, "dataset", classes, kind)
+    train = normalised_split(cfg, cfg.get("train_split", "train"), "dataset", classes, kind)
     test_split = cfg.get("test_split")
     if test_split:
-        test = _normalise(table[test_split], cfg, "dataset", classes, kind)
+        test = normalised_split(cfg, test_split, "dataset", classes, kind)
     else:  # one file, no test split: a seeded split
         parts = train.train_test_split(test_size=cfg.get("test_size", 0.2), seed=rng)
         train, test = parts["train"], parts["test"]
@@ -267,8 +305,7 @@ def _carve_val(pool: datasets.Dataset, n_train, n_val: float, rng: int):
 
 def load_seed(cfg, rng: int, exclude_ids: set[str] = frozenset(), kind: str = "labelled") -> datasets.Dataset:
     """The public seed corpus, with any row whose id is in the true data removed."""
-    table = load_table(cfg, "seed corpus")
-    ds = _normalise(table[cfg.get("split", "train")], cfg, "seed corpus", None, kind)
+    ds = normalised_split(cfg, cfg.get("split", "train"), "seed corpus", None, kind)
     if exclude_ids:
         before = len(ds)
         ds = ds.filter(lambda i: i not in exclude_ids, input_columns="id")
