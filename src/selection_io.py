@@ -12,9 +12,10 @@ retraining uses them (``task.seed_examples``: text + autolabel for classificatio
 response for SFT, ...; ``label_name`` when the label is a class index), the corpus's other columns
 (e.g. ``group``), then
 
-- ``objective``: SELECT's greedy objective after this pick, (1/P) Σ_j cos(s_j + g_ij, t) with s_j the
-  running sum of the earlier picks, evaluated along this selector's order with the run's SELECT settings
-  (running_sum / reset_every / normalize); for ``select`` it is the value its greedy step maximised;
+- ``objective``: SELECT's objective of the picks so far (src/selectors/select.py). For a SELECT selector
+  (``select``, ``select_centered``, ...) it is the value its own greedy step maximised, with its own
+  options; for any other selector it is evaluated along that selector's order with the options of the
+  run's main SELECT selector (plain SELECT's when the run has none), so the columns compare;
 - ``alignment``: this pick's own (1/P) Σ_j cos(g_ij, t), the top-k score;
 - ``logp_f`` / ``logp_0``: log-likelihood of the autolabel under θf / θ0.
 
@@ -23,7 +24,6 @@ to a temporary name and renamed, so a killed run leaves no half-written selectio
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -32,40 +32,10 @@ import datasets
 import torch
 import torch.nn.functional as F
 
-from src.selectors.rows import as_rows
+from src.selectors.greedy import objective_trace
 from src.selectors.topk import alignment
 
 log = logging.getLogger(__name__)
-
-
-def objective_trace(grads: torch.Tensor, target: torch.Tensor, idx, *, running_sum: str = "per_checkpoint",
-                    reset_every: int | None = None, normalize: bool = False, center: bool = False,
-                    chunk: int = 16384) -> list[float]:
-    """SELECT's objective after each pick of ``idx`` (in order): O(k·P·d), plus one pass over the corpus
-    for ``center`` (the seed mean ḡ_j is removed from every gradient, and the target's component along
-    ḡ_j from t_j, as SELECT's ``center`` option does)."""
-    rows = as_rows(grads, block_rows=chunk)  # a tensor or the on-disk store, read block by block
-    G = rows.gather(torch.as_tensor(idx, dtype=torch.long)).double().cpu()  # [P, k, d]
-    t = target.double().cpu()[None].expand(G.shape[0], -1)                  # [P, d]
-    if center:
-        gbar = torch.zeros(G.shape[0], G.shape[2], dtype=torch.float64)
-        for j, _, blk in rows.blocks():
-            gbar[j] += blk.double().sum(0).cpu()
-        gbar = gbar / max(rows.shape[1], 1)
-        gg = (gbar * gbar).sum(-1, keepdim=True)
-        coef = torch.where(gg > 0, (gbar * t).sum(-1, keepdim=True) / gg.clamp_min(1e-300), torch.zeros_like(gg))
-        G, t = G - gbar[:, None], t - coef * gbar
-    if normalize:
-        G = F.normalize(G, dim=-1)
-    t = F.normalize(t, dim=-1)
-    s = torch.zeros(G.shape[0], G.shape[2], dtype=torch.float64)
-    out = []
-    for r in range(G.shape[1]):
-        if reset_every and r % int(reset_every) == 0:
-            s.zero_()
-        out.append(float(F.cosine_similarity(s + G[:, r], t, dim=-1).mean()))
-        s += G[:, r] if running_sum == "per_checkpoint" else G[:, r].mean(0, keepdim=True)
-    return out
 
 
 def selection_columns(examples: dict, idx: list[int], pool, source: str, classes, labels: dict,
@@ -125,20 +95,20 @@ class SelectionWriter:
 
         self.out_dir, self.task, self.data, self.labels, self.ctx = Path(out_dir), task, data, labels, ctx
         self.align = seed_alignment(ctx)
-        # One set of SELECT settings for every selector's objective column, so the columns compare.
-        kw = next((s.kw for s in selectors.values() if isinstance(s, SelectSelector)), {})
-        known = inspect.signature(objective_trace).parameters
-        self.objective_kw = {k: v for k, v in kw.items() if k in known}
-        if set(kw) - set(known):  # a SELECT option this column does not model: say so rather than mislabel
-            log.warning("selection files: the objective column ignores SELECT option(s) %s", sorted(set(kw) - set(known)))
+        # Selectors that are not SELECT are scored with the main SELECT's objective, so the columns compare.
+        self.objective_kw = next((s.objective_options for s in selectors.values() if isinstance(s, SelectSelector)),
+                                 {})
         write_scores(self.out_dir, data.seed, labels, self.align)
 
     def __call__(self, name: str, sel, examples: dict) -> datasets.Dataset:
         idx = sel.indices.tolist()
         seed = sel.source == "seed"
         pool = self.data.seed if seed else self.data.task.train
-        trace = (objective_trace(self.ctx.grads, self.ctx.target, idx, **self.objective_kw)
-                 if seed and self.ctx.grads is not None else None)
+        trace = None
+        if seed and sel.objective is not None:  # a SELECT selector: the objective its own steps maximised
+            trace = sel.objective.tolist()
+        elif seed and self.ctx.grads is not None:
+            trace = objective_trace(self.ctx.grads, self.ctx.target, idx, **self.objective_kw)
         cols = selection_columns(examples, idx, pool, sel.source, self.data.task.classes, self.labels,
                                  self.align, trace)
         return write_table(cols, self.out_dir / "selections" / name, "selection")

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.selectors.base import SelectionContext
+from src.selectors.greedy import objective_trace
 from src.selectors.select import SelectSelector, greedy_select, greedy_select_naive
 from src.selectors.topk import TopKSelector, alignment
 
@@ -49,24 +50,29 @@ def test_greedy_never_repeats_and_returns_k(P, N, d, seed, mode, data):
     assert torch.isfinite(obj).all()
 
 
+def objective(G, t, S, mode):
+    """The stated objective of a set S, from scratch: (1/P) Σ_j cos(Σ_{m∈S} G[j, m], t) (per_checkpoint),
+    or cos(Σ_{m∈S} (1/P) Σ_j G[j, m], t) (shared: every row averaged over the checkpoints first)."""
+    rows = G if mode == "per_checkpoint" else G.mean(0, keepdim=True)
+    return F.cosine_similarity(rows[:, S].sum(1), t[None], dim=-1).mean().item()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_each_step_is_the_best_one_element_extension(mode):
-    # The property greedy guarantees: its m-th pick maximises, over i ∉ S_{m-1}, the score
-    #   score(S, i) = (1/P) Σ_j cos(s_j(S) + G[j, i], t)
-    # with s_j(S) = Σ_{m∈S} G[j, m] (per_checkpoint; then score(S, i) = F(S ∪ {i})) or
-    # s_j(S) = Σ_{m∈S} mean_j' G[j', m] (shared). Checked by brute force, from scratch.
-    G, t = rand(2, 15, 5, seed=3)
-
-    def score(S, i):
-        s = G[:, S].sum(1) if mode == "per_checkpoint" else G[:, S].mean(0).sum(0, keepdim=True)
-        return F.cosine_similarity(s + G[:, i], t[None], dim=-1).mean().item()
-
+    # The property greedy guarantees: its m-th pick maximises F(S_{m-1} ∪ {i}) over i ∉ S_{m-1}, with F the
+    # stated objective of a set, and the objective it reports is F of the set so far. Brute force, P = 3.
+    G, t = rand(3, 15, 5, seed=3)
     idx, obj = greedy_select(G, t, 6, running_sum=mode)
+    ref, oref = greedy_select_naive(G, t, 6, running_sum=mode)
+    assert idx.tolist() == ref.tolist()
     for m in range(6):
         prefix = idx[:m].tolist()
-        best = max(score(prefix, i) for i in range(15) if i not in prefix)
-        assert abs(score(prefix, idx[m].item()) - best) < 1e-10
-        assert abs(obj[m].item() - best) < 1e-10
+        best = max(objective(G, t, prefix + [i], mode) for i in range(15) if i not in prefix)
+        assert abs(objective(G, t, prefix + [idx[m].item()], mode) - best) < 1e-10
+        assert abs(obj[m].item() - best) < 1e-10 and abs(oref[m].item() - best) < 1e-10
+    # A set function: the reported value does not depend on the order the set was picked in.
+    perm = idx.flip(0)
+    assert abs(objective_trace(G, t, perm.tolist(), running_sum=mode)[-1] - obj[-1].item()) < 1e-10
 
 
 def test_first_pick_is_topk_first_pick():

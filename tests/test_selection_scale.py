@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from src.selectors.greedy import greedy, top_scores
+from src.selectors.greedy import greedy, objective_trace, top_scores
 from src.selectors.rows import StoreRows, TensorRows
 from src.selectors.select import greedy_select, greedy_select_naive
 from src.selectors.topk import alignment, alignment_naive
@@ -200,6 +200,29 @@ def test_batched_greedy_keeps_the_objective_on_planted_data(tmp_path):
     assert greedy_select(G.half(), t, k, method="batched", batch=10, pool=100, checkpoint=ck)[0].tolist() == full.tolist()
 
 
+@pytest.mark.parametrize("method", ["exact", "stochastic", "batched"])
+def test_centring_a_float16_store_with_a_dominant_mean_agrees_with_float64(tmp_path, method):
+    # The pipeline's path: a float16 store whose shards carry ‖g‖² (so no widening stats pass is needed
+    # for norms), rows whose seed mean ḡ is 30× their private parts (‖ḡ‖² ≈ 900× ‖g − ḡ‖², as on LM heads).
+    # Every centred quantity must match float64 arithmetic on the same float16 numbers.
+    G, t = rand(2, 3000, 256, seed=10, shift=30.0)
+    half = G.half()
+    store = to_store(tmp_path, half, 1024)
+    assert store.sq_norms() is not None and store.dtype == torch.float16
+    exact = half.double()
+    ref = alignment_naive(exact, t, center=True)
+    assert (alignment(store, t, center=True).double() - ref).abs().max() < 1e-5 * ref.abs().max()
+    kw = dict(center=True, method=method, batch=5, pool=300)
+    for opts in (dict(), dict(normalize=True), dict(running_sum="shared")):
+        iref, oref = greedy_select_naive(exact, t, 20, center=True, **opts)
+        idx, obj = greedy(store, t, 20, **kw, **opts)
+        trace = torch.tensor(objective_trace(exact, t, idx.tolist(), center=True, **opts), dtype=torch.float64)
+        # Whatever it picked, the objective it reports is that of its picks. Each step's products are rounded
+        # to float16 (2^-11 relative, see passes.py), so 5e-4 of the objective; subtracting ⟨ḡ, u⟩ from a
+        # float16 ⟨g, u⟩ instead was off by 2e-3 here and changed the picks.
+        assert (obj - trace).abs().max() < 5e-4 * trace.abs().max(), (method, opts)
+        if method == "exact":
+            assert idx.tolist() == iref.tolist(), opts
 def test_centring_a_float16_store_with_a_dominant_mean_stays_accurate():
     # ‖ḡ‖² is 100× the rows' private parts: ‖g − ḡ‖² from ‖g‖² − 2⟨g, ḡ⟩ + ‖ḡ‖² cancels, so ⟨g, ḡ⟩ is widened.
     G, t = rand(1, 3000, 512, seed=10, shift=10.0)

@@ -41,6 +41,7 @@ class Selection:
     indices: torch.Tensor     # [k] long, distinct
     source: str = "seed"      # "seed": indices into the seed corpus; "true": into the true training data
     info: dict = field(default_factory=dict)
+    objective: torch.Tensor | None = None  # [k] SELECT's objective after each pick, when the selector optimised it
 
 
 class Selector:

@@ -19,10 +19,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from src.selectors.passes import products
+from src.selectors.passes import centred_products
 
 
-def batched_greedy(rows, st: dict, k: int, *, running_sum, reset_every, batch: int, pool: int, saved, save,
+
+def batched_greedy(rows, st: dict, k: int, *, reset_every, batch: int, pool: int, saved, save,
                    progress=False, checkpoint_every_s=10.0, on_step=None, precision="stored"):
     """Runs on prepared statistics ``st`` (see greedy.prepare); ``save(state)`` writes a checkpoint."""
     P, N, d = rows.shape
@@ -65,7 +66,7 @@ def batched_greedy(rows, st: dict, k: int, *, running_sum, reset_every, batch: i
             picks.append(m)
             objective.append(float(sc[i]))
             taken[m] = True
-            u = X[:, i] if running_sum == "per_checkpoint" else X[:, i].mean(0, keepdim=True).expand(P, d)
+            u = X[:, i]
             cp += torch.einsum("pmd,pd->pm", X, u)
             s += u
             U += u
@@ -73,8 +74,7 @@ def batched_greedy(rows, st: dict, k: int, *, running_sum, reset_every, batch: i
             if on_step is not None:
                 on_step(len(picks) - 1, m)
         if len(picks) < k:                                                   # one pass: c_j += G'_j U_j
-            (gu,) = products(rows, [U], st["sq"], precision)
-            c += (gu - (gbar * U).sum(-1, keepdim=True)) * r
+            c += centred_products(rows, st, U, precision)
         if time.monotonic() - last >= checkpoint_every_s or len(picks) >= k:
             save({"picks": picks, "objective": objective, "s": s, "c": c})
             last = time.monotonic()

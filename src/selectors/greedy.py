@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from src.errors import UserError
 from src.selectors.batched import batched_greedy
-from src.selectors.passes import LOW, acc_dtype, gathered_products, mean_pass, products, stats_pass
+from src.selectors.passes import acc_dtype, centred_pass, centred_products, gathered_products, products, stats_pass
+from src.selectors.rows import as_rows, checkpoint_mean
 
 MODES = ("per_checkpoint", "shared")
 METHODS = ("exact", "stochastic", "batched")
@@ -42,39 +43,35 @@ _GATHER = 512  # sampled rows gathered at a time: the copy stays in cache for it
 
 
 def prepare(rows, target, *, normalize=False, center=False, precision="stored", progress=False) -> dict:
-    """Fixed per-row quantities: one pass (plus two when centring, plus one for ‖g‖² when not stored)."""
+    """Fixed per-row quantities: one pass (two widened passes when centring; one more for ‖g‖² when
+    not stored and not centring)."""
     if precision not in ("stored", "float32"):
         raise UserError(f"selection.precision must be 'stored' or 'float32', got '{precision}'")
     P, N, d = rows.shape
     acc, dev = acc_dtype(rows.dtype), rows.device
     sq = rows.sq_norms()
     sq = sq.to(dev, acc) if sq is not None else None
-    # A pass that widens blocks is needed only for norms the store lacks; it then yields ḡ as well.
-    widened_mean = center and (sq is None or rows.dtype not in LOW or precision == "float32")
-    gbar = None
-    if sq is None or widened_mean:
-        sq_, gbar = stats_pass(rows, acc, need_sq=sq is None, need_mean=widened_mean, progress=progress)
-        sq = sq if sq is not None else sq_
-    if center and gbar is None:
-        gbar = mean_pass(rows, acc, sq, precision, progress)
     t = target.to(dev, acc)
+    gbar = torch.zeros(P, d, dtype=acc, device=dev)
+    e = None
     if center:
+        # ḡ and every statistic of g − ḡ come from widened passes (see passes.centred_pass): with a
+        # dominant seed mean, ‖g − ḡ‖² from ‖g‖² − 2⟨g, ḡ⟩ + ‖ḡ‖² would cancel.
+        _, gbar = stats_pass(rows, acc, need_sq=False, need_mean=True, progress=progress)
         gg = (gbar * gbar).sum(-1, keepdim=True)
         coef = torch.where(gg > 0, (gbar @ t)[:, None] / gg.clamp_min(torch.finfo(acc).tiny), torch.zeros_like(gg))
         T = F.normalize(t[None] - coef * gbar, dim=-1)                   # t̂_j ⟂ ḡ_j
-        (a,) = products(rows, [T], sq, precision, progress, "target")
-        # ‖g − ḡ‖² = ‖g‖² − 2⟨g, ḡ⟩ + ‖ḡ‖² cancels when ḡ dominates (LM heads): ⟨g, ḡ⟩ must not carry
-        # float16's rounding, so this one product widens its blocks (once per selection, not per step).
-        (gm,) = products(rows, [gbar], sq, "float32", progress, "seed mean")
-        a = a - (gbar * T).sum(-1, keepdim=True)                         # ⟨g − ḡ, t̂⟩ (the ⟨ḡ, t̂⟩ term ≈ 0)
-        b = (sq - 2 * gm + gg).clamp_min(0)                              # ‖g − ḡ‖²
+        a, b, e, sq_ = centred_pass(rows, gbar, T, acc, progress)        # ⟨g − ḡ, t̂⟩, ‖g − ḡ‖², ⟨g − ḡ, ḡ⟩
+        sq = sq if sq is not None else sq_
     else:
+        if sq is None:
+            sq, _ = stats_pass(rows, acc, need_sq=True, need_mean=False, progress=progress)
         T = F.normalize(t, dim=0)[None].expand(P, d)
         (a,) = products(rows, [T], sq, precision, progress, "target")
         b = sq
-        gbar = torch.zeros(P, d, dtype=acc, device=dev)
     r = b.clamp_min(torch.finfo(acc).tiny).rsqrt() if normalize else torch.ones_like(b)
-    return {"acc": acc, "sq": sq, "gbar": gbar, "T": T, "a": a * r, "b": b * r * r, "r": r, "center": center}
+    return {"acc": acc, "sq": sq, "gbar": gbar, "gg": (gbar * gbar).sum(-1, keepdim=True), "e": e, "T": T,
+            "a": a * r, "b": b * r * r, "r": r, "center": center}
 
 
 def top_scores(rows, target, *, center=False, precision="stored", progress=False) -> torch.Tensor:
@@ -83,10 +80,45 @@ def top_scores(rows, target, *, center=False, precision="stored", progress=False
     return st["a"].mean(0).cpu()
 
 
-def _increment(rows, st, m, mode):
-    """What picking m adds to each checkpoint's running sum: [P, d] in the accumulation dtype."""
-    row = (rows.gather(torch.tensor([m]))[:, 0].to(st["acc"]) - st["gbar"]) * st["r"][:, m, None]
-    return row if mode == "per_checkpoint" else row.mean(0, keepdim=True).expand_as(row)
+def _increment(rows, st, m):
+    """What picking m adds to each checkpoint's running sum: g'_m, [P, d] in the accumulation dtype."""
+    return (rows.gather(torch.tensor([m]))[:, 0].to(st["acc"]) - st["gbar"]) * st["r"][:, m, None]
+
+
+def selection_rows(rows, running_sum: str):
+    """The rows greedy works on: ``shared`` is greedy on each row's checkpoint mean (see select.py)."""
+    if running_sum not in MODES:
+        raise UserError(f"select: running_sum must be one of {MODES}, got '{running_sum}'")
+    return checkpoint_mean(rows) if running_sum == "shared" else rows
+
+
+def objective_trace(grads, target, idx, *, running_sum="per_checkpoint", reset_every=None, normalize=False,
+                    center=False, block_rows: int = 16384) -> list[float]:
+    """SELECT's objective (select.py's formula, with these options) after each pick of ``idx``, in order.
+
+    Evaluated from scratch in float64 on the picked rows (plus one widened pass for the seed mean when
+    centring), so it is the value of each prefix *set*, whatever picked it: for SELECT it equals what its
+    greedy steps maximised, for any other selector it scores its picks on the same scale.
+    """
+    rows = selection_rows(as_rows(grads, block_rows=block_rows), running_sum)
+    G = rows.gather(torch.as_tensor(list(idx), dtype=torch.long)).double().cpu()  # [P, k, d]
+    t = target.double().cpu()[None].expand(G.shape[0], -1)                     # [P, d]
+    if center:
+        _, gbar = stats_pass(rows, torch.float64, need_sq=False, need_mean=True)
+        gbar = gbar.cpu()
+        gg = (gbar * gbar).sum(-1, keepdim=True)
+        coef = torch.where(gg > 0, (gbar * t).sum(-1, keepdim=True) / gg.clamp_min(1e-300), torch.zeros_like(gg))
+        G, t = G - gbar[:, None], t - coef * gbar
+    if normalize:
+        G = F.normalize(G, dim=-1)
+    s = torch.zeros(G.shape[0], G.shape[2], dtype=torch.float64)
+    out = []
+    for r in range(G.shape[1]):
+        if reset_every and r % int(reset_every) == 0:
+            s.zero_()
+        s += G[:, r]
+        out.append(float(F.cosine_similarity(s, t, dim=-1, eps=1e-300).mean()))
+    return out
 
 
 def _key(rows, target, opts) -> str:
@@ -113,10 +145,9 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
            method="exact", epsilon=0.01, seed=0, precision="stored", progress=False, checkpoint=None,
            checkpoint_every_s=10.0, on_step=None, batch=100, pool=1000):
     """Greedy selection on a ``Rows`` source. Returns (indices [k] long, objective [k] float64), on the CPU."""
-    if running_sum not in MODES:
-        raise UserError(f"select: running_sum must be one of {MODES}, got '{running_sum}'")
     if method not in METHODS:
         raise UserError(f"select: method must be one of {METHODS}, got '{method}'")
+    rows = selection_rows(rows, running_sum)
     P, N, d = rows.shape
     k = int(k)
     opts = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center, method=method,
@@ -135,7 +166,7 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
                                                                                 dtype=torch.float64)
     st = prepare(rows, target, normalize=normalize, center=center, precision=precision, progress=progress)
     if method == "batched":
-        return batched_greedy(rows, st, k, running_sum=running_sum, reset_every=reset_every, batch=batch, pool=pool,
+        return batched_greedy(rows, st, k, reset_every=reset_every, batch=batch, pool=pool,
                               saved=saved, save=lambda state: path and _save(path, {"key": key, **state}),
                               progress=progress, checkpoint_every_s=checkpoint_every_s, on_step=on_step,
                               precision=precision)
@@ -178,10 +209,9 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
         picks.append(m)
         objective.append(best)
         taken[m] = True
-        u = _increment(rows, st, m, running_sum)                                # [P, d]
+        u = _increment(rows, st, m)                                             # [P, d]
         if c is not None:
-            (gu,) = products(rows, [u], st["sq"], precision)                    # c_j += G'_j u_j: one pass
-            c += (gu - (st["gbar"] * u).sum(-1, keepdim=True)) * st["r"]
+            c += centred_products(rows, st, u, precision)                       # c_j += G'_j u_j: one pass
         s += u
         bar.update()
         if on_step is not None:
@@ -197,8 +227,10 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
 
 def _sample_scores(rows, st, s, cand, st_, ss, precision):
     """Exact scores of the rows ``cand`` against the running sum s, from the rows themselves (gathered)."""
-    cc = (gathered_products(rows.gather(cand), s, st["sq"][:, cand], st["acc"], precision)
-          - (st["gbar"] * s).sum(-1, keepdim=True)) * st["r"][:, cand]
+    if st["center"]:  # widened, like every centred product (a sample is small: widening it is cheap)
+        cc = torch.einsum("pmd,pd->pm", rows.gather(cand).to(st["acc"]) - st["gbar"][:, None], s) * st["r"][:, cand]
+    else:
+        cc = gathered_products(rows.gather(cand), s, st["sq"][:, cand], st["acc"], precision) * st["r"][:, cand]
     norm = (ss[:, None] + 2 * cc + st["b"][:, cand]).clamp_min(torch.finfo(st["acc"]).tiny).sqrt()
     return ((st_[:, None] + st["a"][:, cand]) / norm).mean(0)
 

@@ -64,19 +64,24 @@ def stats_pass(rows, acc, need_sq: bool, need_mean: bool, progress=False):
     return sq, (total / max(N, 1) if need_mean else None)
 
 
-def mean_pass(rows, acc, sq, precision="stored", progress=False):
-    """ḡ_j [P, d] as (1/n)·1ᵀ·block per block: a transposed product in the stored dtype, results bounded by max|g|."""
+def centred_pass(rows, gbar: torch.Tensor, T: torch.Tensor, acc, progress=False):
+    """One widened pass for centring: per row ⟨g − ḡ_j, T_j⟩, ‖g − ḡ_j‖², ⟨g − ḡ_j, ḡ_j⟩ and ‖g‖² ([P, N] each).
+
+    Every block is widened to ``acc`` and ḡ_j subtracted before any product: when ḡ dominates the
+    rows (LM heads), g − ḡ is small against g, and a product rounded in a low-precision dtype, or a
+    difference of two large products, would lose it.
+    """
     P, N, d = rows.shape
-    total = torch.zeros(P, d, dtype=acc, device=rows.device)
-    with _bar(rows, progress, "seed mean") as bar:
+    a, b, e, sq = (torch.empty(P, N, dtype=acc, device=rows.device) for _ in range(4))
+    with _bar(rows, progress, "centred statistics") as bar:
         for j, lo, blk in rows.blocks():
-            n = len(blk)
-            if blk.dtype in LOW and precision != "float32":
-                total[j] += (torch.full((n,), 1.0 / n, dtype=blk.dtype, device=blk.device) @ blk).to(acc) * n
-            else:
-                total[j] += blk.to(acc).sum(0)
+            hi = lo + len(blk)
+            w = blk.to(acc)
+            sq[j, lo:hi] = (w * w).sum(-1)
+            w = w - gbar[j]  # not in place: ``to`` returns the stored block itself when it is already ``acc``
+            a[j, lo:hi], b[j, lo:hi], e[j, lo:hi] = w @ T[j], (w * w).sum(-1), w @ gbar[j]
             bar.update()
-    return total / max(N, 1)
+    return a, b, e, sq
 
 
 def products(rows, vecs: list[torch.Tensor], sq: torch.Tensor, precision="stored", progress=False, desc="pass"):
@@ -97,3 +102,22 @@ def products(rows, vecs: list[torch.Tensor], sq: torch.Tensor, precision="stored
 def gathered_products(G: torch.Tensor, V: torch.Tensor, sq: torch.Tensor, acc, precision="stored"):
     """G [P, m, d] (gathered rows), V [P, d] -> [P, m] with out[j] = G[j] @ V[j]; ``sq`` [P, m]."""
     return torch.stack([_mv(G[j], V[j], _rmax(sq, j, 0, G.shape[1]), acc, precision) for j in range(G.shape[0])])
+
+
+def centred_products(rows, st: dict, U: torch.Tensor, precision="stored") -> torch.Tensor:
+    """[P, N]: ⟨g'_ij, U_j⟩ = ⟨g_ij − ḡ_j, U_j⟩·r_ij for a [P, d] ``U``, in one pass over G.
+
+    Centred, ⟨g, U⟩ − ⟨ḡ, U⟩ would cancel when ḡ dominates, and ⟨g, U⟩ is a product in the stored
+    dtype. So U is split into U⊥ ⟂ ḡ_j plus β_j ḡ_j: ⟨g − ḡ, U⟩ = ⟨g, U⊥⟩ − ⟨ḡ, U⊥⟩ + β_j ⟨g − ḡ, ḡ⟩,
+    where ⟨g, U⊥⟩ = ⟨g − ḡ, U⊥⟩ carries only the small part (its rounding is relative to it) and
+    ⟨g − ḡ, ḡ⟩ came from the widened pass of ``prepare``.
+    """
+    if not st["center"]:
+        (gu,) = products(rows, [U], st["sq"], precision)
+        return gu * st["r"]
+    gbar, gg = st["gbar"], st["gg"]
+    beta = torch.where(gg > 0, (U * gbar).sum(-1, keepdim=True) / gg.clamp_min(torch.finfo(st["acc"]).tiny),
+                       torch.zeros_like(gg))
+    perp = U - beta * gbar
+    (gu,) = products(rows, [perp], st["sq"], precision)
+    return (gu - (gbar * perp).sum(-1, keepdim=True) + beta * st["e"]) * st["r"]

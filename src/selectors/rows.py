@@ -184,6 +184,45 @@ class StoreRows(Rows):
         return out.to(self.device)
 
 
+class MeanStoreRows(Rows):
+    """The checkpoint mean (1/P) Σ_j G[j] of a ``StoreRows`` source as a [1, N, d] source.
+
+    Each block averages the P parts' shards of one row range, widened to float32 (a mean of low-precision
+    rows is no longer exactly representable in their dtype; float64 stays float64); peak memory is still
+    one shard per part.
+    """
+
+    def __init__(self, rows: StoreRows):
+        self.rows, self.device = rows, rows.device
+        self.shape = (1, rows.shape[1], rows.shape[2])
+        self.dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        self.resident = None
+
+    def block_bounds(self):
+        return [(0, r.start, r.stop) for r in map(self.rows.store.rows, range(self.rows.store.n_shards))]
+
+    def blocks(self):
+        src, P = self.rows, len(self.rows.parts)
+        for i in range(src.store.n_shards):
+            total = sum(mmap_tensor(src.store.path(part, i), src.key).to(self.device, self.dtype)
+                        for part in src.parts)
+            yield 0, src.store.rows(i).start, total / P
+
+    def gather(self, idx):
+        return self.rows.gather(idx).to(self.dtype).mean(0, keepdim=True)
+
+
+def checkpoint_mean(rows: Rows) -> Rows:
+    """[1, N, d]: each row's gradient averaged over the checkpoints (SELECT's ``running_sum=shared``)."""
+    if rows.shape[0] == 1:
+        return rows
+    if isinstance(rows, StoreRows) and rows.resident is None:
+        return MeanStoreRows(rows)
+    G = rows.resident.G if isinstance(rows, StoreRows) else rows.G
+    acc = torch.float64 if G.dtype == torch.float64 else torch.float32
+    return TensorRows(G.to(acc).mean(0, keepdim=True), device=rows.device, block_rows=getattr(rows, "block_rows", 16384))
+
+
 def as_rows(grads, device=None, block_rows: int = 16384) -> Rows:
     """A ``Rows`` source from a tensor ([P, N, d] or [N, d]) or an existing source."""
     if isinstance(grads, Rows):

@@ -10,9 +10,12 @@ an example pointing the same way as what S already has adds little, so redundant
 examples stop paying off, unlike top-k, which scores each example alone.
 
 Choices the paper leaves open are config options (defaults in conf/selector/select.yaml):
-- ``running_sum``: ``per_checkpoint`` (s_j = Σ_{m∈S} G[j, m], the gradient of S at θ̂_j)
-  or ``shared`` (one s = Σ_{m∈S} mean_j G[j, m] used against every checkpoint, as the
-  authors' public code does).
+- ``running_sum``: ``per_checkpoint`` (s_j = Σ_{m∈S} G[j, m], the gradient of S at θ̂_j; the
+  objective above) or ``shared``: every example's gradient is first averaged over the checkpoints,
+  ḡ_i = (1/P) Σ_j G[j, i], and greedy runs on those single rows, maximising cos(Σ_{m∈S} ḡ_m, t)
+  (as the authors' public code does: it sums each example's gradients over its pseudo-experts,
+  then selects). Both objectives are functions of the set S alone, so a pick order never changes
+  the value reported for a set; the options below apply to the averaged rows as to any rows.
 - ``reset_every``: restart the running sum every B picks, so each block of B examples
   matches the target on its own (one optimiser batch at a time); ``null`` never resets.
 - ``normalize``: unit-normalise each G[j, i] first, so long gradients (confidently wrong
@@ -50,12 +53,15 @@ _MODES = ("per_checkpoint", "shared")
 
 
 def _prepare(grads, target, normalize, mode, center=False):
-    """float64 G [P, N, d] (centred, then normalised, as asked) and unit targets t_j [P, d]."""
+    """float64 G [P, N, d] (averaged over checkpoints for ``shared``, centred, then normalised, as asked)
+    and unit targets t_j [P, d]."""
     if mode not in _MODES:
         raise UserError(f"select: running_sum must be one of {_MODES}, got '{mode}'")
     G = grads.double()
     if G.dim() == 2:
         G = G[None]
+    if mode == "shared":
+        G = G.mean(0, keepdim=True)
     t = target.double()[None].expand(G.shape[0], -1)
     if center:
         G, t = center_naive(G, t)
@@ -70,11 +76,6 @@ def center_naive(G: torch.Tensor, t: torch.Tensor):
     gg = (gbar * gbar).sum(-1, keepdim=True)
     coef = torch.where(gg > 0, (gbar * t).sum(-1, keepdim=True) / gg.clamp_min(1e-300), torch.zeros_like(gg))
     return G - gbar[:, None], t - coef * gbar
-
-
-def _increment(G, m, mode):
-    """What adding example m adds to each checkpoint's running sum: [P, d]."""
-    return G[:, m] if mode == "per_checkpoint" else G[:, m].mean(0, keepdim=True).expand_as(G[:, m])
 
 
 def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
@@ -108,7 +109,7 @@ def greedy_select_naive(grads: torch.Tensor, target: torch.Tensor, k: int, *, ru
         m = int(torch.argmax(score))
         picks.append(m)
         objective.append(float(score[m]))
-        s = s + _increment(G, m, running_sum)
+        s = s + G[:, m]
     return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
 
 
@@ -123,12 +124,17 @@ class SelectSelector(Selector):
         self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center,
                        method=method, epsilon=epsilon, batch=batch, pool=pool)
 
+    @property
+    def objective_options(self) -> dict:
+        """The options that define the objective (the rest say only how it is maximised)."""
+        return {k: self.kw[k] for k in ("running_sum", "reset_every", "normalize", "center")}
+
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)
         t0 = time.perf_counter()
         idx, obj = greedy(rows, ctx.target, k, seed=ctx.rng, precision=ctx.precision, progress=ctx.progress,
                           checkpoint=state_path(ctx, self.name, self.kw), checkpoint_every_s=ctx.checkpoint_every_s,
                           **self.kw)
-        return Selection(idx, info={"objective_first": float(obj[0]), "objective_last": float(obj[-1]),
+        return Selection(idx, objective=obj, info={"objective_first": float(obj[0]), "objective_last": float(obj[-1]),
                                     "objective_max": float(obj.max()), "device": str(rows.device),
                                     "method": self.kw["method"], "seconds": time.perf_counter() - t0})
