@@ -18,15 +18,15 @@ test:               ## fast suite (tiny random models, tens of examples)
 bench: bench-classification bench-classify-lm bench-sft bench-lm  ## every embedded benchmark, 3 random seeds each
 
 bench-classification:  ## embedded fresh-head classification, 3 random seeds, mean ± std per selector
-	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classification -- \
+	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/classification -- \
 	  "baselines=[topk,topk_balanced,random,likelihood,likelihood_ratio,expert]"
 
 CLM_BASELINES := "baselines=[topk,topk_balanced,random,expert]"
 bench-classify-lm:  ## label-word classification on the LM head: WordNet seed, the harder seed, raw gradients
-	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm -- task=classify_lm $(CLM_BASELINES)
-	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm_other_topics -- task=classify_lm \
+	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/classify_lm -- task=classify_lm $(CLM_BASELINES)
+	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/classify_lm_other_topics -- task=classify_lm \
 	  seed=wordnet_other_topics $(CLM_BASELINES)
-	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/classify_lm_raw -- task=classify_lm \
+	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/classify_lm_raw -- task=classify_lm \
 	  classify_lm.precondition=none "baselines=[random]"
 
 sweep-demo:         ## small multirun (SELECT vs topk/random at d=256,1024; a few minutes on 2 cores)
@@ -37,10 +37,10 @@ report:             ## compare the runs of a sweep (default: newest in outputs/m
 
 LM_BASELINES := "baselines=[select_centered,topk,random,likelihood,likelihood_ratio,expert]"
 bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity per selector
-	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/sft -- task=sft $(LM_BASELINES)
+	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/sft -- task=sft $(LM_BASELINES)
 
 bench-lm:           ## embedded raw-text LM task, 3 random seeds, mean ± std perplexity per selector
-	$(PY) -m src.bench --seeds 0 1 2 --out outputs/bench/lm -- task=lm $(LM_BASELINES)
+	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/lm -- task=lm $(LM_BASELINES)
 
 data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
 	$(PY) -m src.data.build_wordnet
@@ -52,10 +52,10 @@ base-lm:            ## pretrain (or reuse) the small offline causal base LM (~4 
 	$(PY) -m src.lm.base_lm
 
 bench-speed:        ## speed/memory figures: gradient pass vs forward, selection vs the bandwidth limit, pass RSS, projections (~15 min)
-	$(PY) -m src.bench_speed
+	$(PY) -m src.bench.speed
 
 bench-select:       ## selection alone: limit vs top-k / greedy step, exact vs stochastic greedy at |D|=10^5, 10^6 (~8 min)
-	$(PY) -m src.bench_select
+	$(PY) -m src.bench.selection
 
 gpu-smoke:          ## on a CUDA machine: selection tests, the pipeline at gpt2-medium's shape, selection at |D|=10^6 on the GPU
-	$(PY) -m src.gpu_smoke
+	$(PY) -m src.bench.gpu_smoke

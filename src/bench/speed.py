@@ -1,6 +1,6 @@
 """Speed and memory benchmark of the scalable parts: gradient pass, greedy selection, projections.
 
-    python -m src.bench_speed              # make bench-speed; ~10 min on 2 loaded CPU cores
+    python -m src.bench.speed              # make bench-speed; ~10 min on 2 loaded CPU cores
 
 A script, not a test: every figure it prints is measured in this run (extrapolations are
 labelled as such). Parts (``--parts a b c d``):
@@ -14,7 +14,7 @@ labelled as such). Parts (``--parts a b c d``):
     tokenisation, logits only, plain torch loop under ``inference_mode``, no Lightning). The bare
     forward is timed before and after the pass and averaged, since the box is shared. θf is θ0
     plus seeded noise and the autolabels are random: the cost of a pass depends on neither.
-(b) Selection (``src.bench_select``): the time of one plain float16 matrix–vector product over the
+(b) Selection (``src.bench.selection``): the time of one plain float16 matrix–vector product over the
     stored matrix (the memory-bandwidth limit) beside top-k and one exact greedy step; exact
     greedy with k=1000 at |D|=10^5 (extrapolated from timed steps at 10^6); batched and stochastic
     greedy's time, objective fraction and pick overlap; and the same |D|=10^5 selected out of core from a
@@ -23,7 +23,7 @@ labelled as such). Parts (``--parts a b c d``):
     sizes, each in a fresh subprocess: VmHWM after ``clear_refs`` minus RSS before the pass.
     Shard size ``--rss-shard`` for both, so the pass holds one shard's rows at a time whatever |D|.
 (d) Projection throughput for an LM-head-sized gradient (V=8000, H=256, d=1024), reusing
-    ``src.gradients.bench_lm_head`` (factored fast path end to end; dense autograd gradients +
+    ``src.bench.lm_head`` (factored fast path end to end; dense autograd gradients +
     dense projector, with the dense projection's own time) plus the factored projector applied
     to the same dense [V, H] gradients (``project_matrix``), so both projectors are timed on
     identical input.
@@ -36,27 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "offline")
-
-from src.gradients.bench_lm_head import _reset_peak, _status  # noqa: E402  (VmRSS / VmHWM helpers)
-
-ROOT = Path(__file__).resolve().parents[1]
-GIB, MIB = 2**30, 2**20
-
-
-def _load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+from src.bench.common import MIB, PeakRSS, load_average, offline_env, run_child
 
 
 def _quiet():
@@ -158,16 +144,13 @@ def part_c(args) -> dict:
         warm = ShardStore(Path(tmp) / "warm", {"bench": "warm"}, n_rows=min(len(data.seed), cfg.gradient.shard_size),
                           shard_size=cfg.gradient.shard_size)
         gradient_pass(pair, alphas, warm, task, data.seed, labels, projector, **kw)
-        exact = _reset_peak()
-        rss0 = _status()["VmRSS"]
-        t0 = time.perf_counter()
-        n = gradient_pass(pair, alphas, store("main"), task, data.seed, labels, projector, **kw)
-        secs = time.perf_counter() - t0
-        st = _status()
-        hwm = st["VmHWM"] if exact else None
-    return {"n": len(data.seed), "shards_computed": n, "seconds": secs, "rss_before": rss0,
-            "peak_growth": (hwm - rss0) if hwm else None, "peak_rss": hwm, "method":
-            "VmHWM after clear_refs" if exact else "unavailable", "shard_size": int(cfg.gradient.shard_size)}
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            n = gradient_pass(pair, alphas, store("main"), task, data.seed, labels, projector, **kw)
+            secs = time.perf_counter() - t0
+    return {"n": len(data.seed), "shards_computed": n, "seconds": secs, "rss_before": mem.before,
+            "peak_growth": mem.growth, "peak_rss": mem.peak, "method":
+            "VmHWM after clear_refs" if mem.exact else "unavailable", "shard_size": int(cfg.gradient.shard_size)}
 
 
 def part_d_factored_projection(V: int, H: int, d: int, n: int, seed: int = 0) -> dict:
@@ -187,12 +170,7 @@ def part_d_factored_projection(V: int, H: int, d: int, n: int, seed: int = 0) ->
 
 # -- driver ---------------------------------------------------------------------------------------
 def _child(name: str, **kw) -> dict:
-    cmd = [sys.executable, "-m", "src.bench_speed", "--child", name, "--child-args", json.dumps(kw)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if out.returncode:
-        sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"bench child {name} {kw} failed ({out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child("src.bench.speed", ["--child", name, "--child-args", json.dumps(kw)])
 
 
 def _run_child(name: str, kw: dict) -> dict:
@@ -218,6 +196,7 @@ def main(argv=None):
     ap.add_argument("--child", choices=["a", "c"])
     ap.add_argument("--child-args")
     args = ap.parse_args(argv)
+    offline_env()
     torch.set_num_threads(args.threads)
     if args.child:
         kw = json.loads(args.child_args)
@@ -227,7 +206,7 @@ def main(argv=None):
 
     t_start = time.perf_counter()
     print(f"bench-speed: CPU, {os.cpu_count()} cores, {args.threads} torch thread(s) per process; "
-          f"load average at start {_load()} (1/5/15 min)", flush=True)
+          f"load average at start {load_average()} (1/5/15 min)", flush=True)
     res = {}
     if "a" in args.parts:
         a = res["a"] = _child("a", threads=args.threads, n_seed=args.n_seed, P=args.P, d=args.d)
@@ -239,13 +218,13 @@ def main(argv=None):
         print(f"    gradient pass (plan + predict loop + writes + load [P,N,d]): {a['pass_s']:.2f} s "
               f"= {a['ratio']:.3f} x P x forward   (goal <= 1.2)")
         print(f"    same call on the finished store (checksums + load only): {a['cached_pass_s']:.2f} s   "
-              f"[load {_load()}]", flush=True)
+              f"[load {load_average()}]", flush=True)
     if "b" in args.parts:
-        from src import bench_select
+        from src.bench import selection
 
-        res["b"] = bench_select.main(["--sizes", *map(str, args.greedy_sizes), "--k", str(args.greedy_k),
+        res["b"] = selection.main(["--sizes", *map(str, args.greedy_sizes), "--k", str(args.greedy_k),
                                       "--full-max", str(args.greedy_full_max), "--threads", str(args.threads)])
-        print(f"    [load {_load()}]", flush=True)
+        print(f"    [load {load_average()}]", flush=True)
     if "c" in args.parts:
         rows = res["c"] = [_child("c", threads=args.threads, n_seed=n, P=args.rss_P, d=args.d,
                                   rss_shard=args.rss_shard)
@@ -256,14 +235,14 @@ def main(argv=None):
             print(f"    |D|={c['n']:>6,}: {c['shards_computed']:>3} shards in {c['seconds']:.1f} s, RSS before "
                   f"{c['rss_before'] / MIB:.0f} MiB, peak growth during the pass {c['peak_growth'] / MIB:.1f} MiB, "
                   f"peak RSS {c['peak_rss'] / MIB:.0f} MiB")
-        print(f"    [load {_load()}]", flush=True)
+        print(f"    [load {load_average()}]", flush=True)
     if "d" in args.parts:
-        from src.gradients import bench_lm_head
+        from src.bench import lm_head
 
         lm_args = argparse.Namespace(n=args.lm_n, n_dense=args.lm_n_dense, batch_size=16, d=1024, seed=0,
                                      threads=args.threads)
-        fac, den = bench_lm_head._child("factored", lm_args), bench_lm_head._child("dense", lm_args)
-        V, H = bench_lm_head.VOCAB, bench_lm_head.HIDDEN
+        fac, den = lm_head.child("factored", lm_args), lm_head.child("dense", lm_args)
+        V, H = lm_head.VOCAB, lm_head.HIDDEN
         fp = part_d_factored_projection(V, H, 1024, 16)
         res["d"] = {"factored": fac, "dense": den, "factored_projection": fp}
         print(f"\n(d) LM-head-sized gradient V={V}, H={H} ({V * H / 1e6:.2f}M), d=1024 "
@@ -274,8 +253,8 @@ def main(argv=None):
               f"{fac['n'] / fac['seconds']:.1f} rows/s, dense autograd + dense map {den['n'] / den['seconds']:.3f} "
               f"rows/s ({(fac['n'] / fac['seconds']) / (den['n'] / den['seconds']):.0f}x)")
         print(f"    peak RSS growth per batch of 16: factored {fac['peak_bytes'] / MIB:.0f} MiB, dense "
-              f"{den['peak_bytes'] / MIB:.0f} MiB   [load {_load()}]", flush=True)
-    print(f"\ntotal {time.perf_counter() - t_start:.0f} s; load average at end {_load()}")
+              f"{den['peak_bytes'] / MIB:.0f} MiB   [load {load_average()}]", flush=True)
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s; load average at end {load_average()}")
     print(json.dumps(res, default=str))
 
 

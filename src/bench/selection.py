@@ -1,11 +1,11 @@
 """Selection speed against the memory-bandwidth limit, and stochastic vs exact greedy (``make bench-speed`` part b).
 
-    python -m src.bench_select                      # |D| = 10^5 and 10^6, d = 4096, k = 1000, ~8 min on 2 cores
-    python -m src.bench_select --sizes 100000 --store 100000
+    python -m src.bench.selection                   # |D| = 10^5 and 10^6, d = 4096, k = 1000, ~8 min on 2 cores
+    python -m src.bench.selection --sizes 100000 --store 100000
 
-Each |D| runs in a fresh process on synthetic float16 gradients (P = 1): Gaussian rows plus a
-random multiple of one shared direction, the target partly along it, so alignments vary and
-redundancy matters. Their squared norms are computed once while generating them, as the gradient
+Each |D| runs in a fresh process on synthetic float16 gradients (P = 1, ``common.synthetic``): Gaussian
+rows plus a random multiple of one shared direction, the target partly along it, so alignments vary
+and redundancy matters. Their squared norms are computed once while generating them, as the gradient
 pass stores them. Printed, all measured in this run:
 
 - limit: one plain matrix–vector product over the stored matrix in its own dtype (``G @ t.half()``),
@@ -24,40 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-GIB, MIB = 2**30, 2**20
-
-
-def synthetic(N: int, d: int, seed: int = 0, block: int = 65536):
-    """Yields (lo, rows [n, d] float16, ‖row‖² float32) and finally the target, without building more than a block."""
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0)
-    for lo in range(0, N, block):
-        n = min(block, N - lo)
-        g = (torch.randn(n, d, generator=gen) + 2.0 * torch.randn(n, 1, generator=gen) * u).half()
-        yield lo, g, g.float().pow(2).sum(-1)
-    yield None, u * 30 + torch.randn(d, generator=gen), None
-
-
-def _best(fn, reps=3):
-    out, best = None, float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from src.bench.common import GIB, MIB, PeakRSS, best_of, rss_status, run_child, synthetic, synthetic_matrix
 
 
 def measure(args) -> dict:
-    from src.gradients.bench_lm_head import _reset_peak, _status
     from src.selectors.base import top_indices
     from src.selectors.greedy import greedy
     from src.selectors.rows import TensorRows
@@ -65,30 +41,25 @@ def measure(args) -> dict:
 
     N, d, k = args.n, args.dim, args.k
     t0 = time.perf_counter()
-    G, sq = torch.empty(1, N, d, dtype=torch.float16), torch.empty(1, N)
-    for lo, g, s in synthetic(N, d):
-        if lo is None:
-            t = g
-            break
-        G[0, lo:lo + len(g)], sq[0, lo:lo + len(g)] = g, s
+    G, sq, t = synthetic_matrix(N, d)
     out = {"n": N, "d": d, "k": k, "gib": G.numel() * 2 / GIB, "gen_s": time.perf_counter() - t0}
     rows = TensorRows(G, sq=sq)
     th = t.half()
-    out["limit_s"], _ = _best(lambda: G[0] @ th)
-    out["topk_s"], _ = _best(lambda: top_indices(alignment(rows, t), k), reps=2)
-    t1, _ = _best(lambda: greedy(rows, t, 1), reps=1)
-    ts, _ = _best(lambda: greedy(rows, t, args.steps), reps=1)
+    out["limit_s"], _ = best_of(lambda: G[0] @ th)
+    out["topk_s"], _ = best_of(lambda: top_indices(alignment(rows, t), k), reps=2)
+    t1, _ = best_of(lambda: greedy(rows, t, 1), reps=1)
+    ts, _ = best_of(lambda: greedy(rows, t, args.steps), reps=1)
     out.update(t1_s=t1, steps=args.steps, step_s=(ts - t1) / (args.steps - 1))
     exact = None
     if N <= args.full_max:
-        out["exact_s"], exact = _best(lambda: greedy(rows, t, k), reps=1)
+        out["exact_s"], exact = best_of(lambda: greedy(rows, t, k), reps=1)
         out["exact_objective"] = float(exact[1][-1])
     else:
         out["exact_s"] = t1 + (k - 1) * out["step_s"]
     out["extrapolated"] = exact is None
     out["stochastic"] = []
     for seed in args.seeds:
-        s_s, (idx, obj) = _best(lambda: greedy(rows, t, k, method="stochastic", epsilon=args.epsilon, seed=seed),
+        s_s, (idx, obj) = best_of(lambda: greedy(rows, t, k, method="stochastic", epsilon=args.epsilon, seed=seed),
                                 reps=1)
         r = {"seed": seed, "seconds": s_s, "objective": float(obj[-1])}
         if exact is not None:
@@ -97,7 +68,7 @@ def measure(args) -> dict:
         out["stochastic"].append(r)
     out["batched"] = []
     for batch, pool in args.batched:
-        b_s, (idx, obj) = _best(lambda: greedy(rows, t, k, method="batched", batch=batch, pool=pool), reps=1)
+        b_s, (idx, obj) = best_of(lambda: greedy(rows, t, k, method="batched", batch=batch, pool=pool), reps=1)
         r = {"batch": batch, "pool": pool, "seconds": b_s, "objective": float(obj[-1])}
         if exact is not None:
             r.update(fraction=float(obj[-1]) / out["exact_objective"],
@@ -105,14 +76,14 @@ def measure(args) -> dict:
         out["batched"].append(r)
     topk_idx = top_indices(alignment(rows, t), k)
     out["topk_objective"] = float(torch.nn.functional.cosine_similarity(G[0, topk_idx].float().sum(0), t, dim=0))
-    out["peak_rss"] = _status()["VmHWM"]
+    out["peak_rss"] = rss_status()["VmHWM"]
     del G, rows
     if args.store:
-        out["store"] = measure_store(N, d, k, args.steps, _reset_peak, _status)
+        out["store"] = measure_store(N, d, k, args.steps)
     return out
 
 
-def measure_store(N, d, k, steps, reset_peak, status) -> dict:
+def measure_store(N, d, k, steps) -> dict:
     """Write the same matrix to a ShardStore block by block, then select from it memory-mapped."""
     from src.selectors.base import top_indices
     from src.selectors.greedy import greedy
@@ -130,23 +101,16 @@ def measure_store(N, d, k, steps, reset_peak, status) -> dict:
             store.write("ckpt1", lo // 16384, {"g": g, "sq": s})
         write_s = time.perf_counter() - t0
         rows = StoreRows(store, ["ckpt1"])
-        exact = reset_peak()
-        rss0 = status()["VmRSS"]
-        topk_s, _ = _best(lambda: top_indices(alignment(rows, t), k), reps=2)
-        t1, _ = _best(lambda: greedy(rows, t, 1), reps=1)
-        ts, _ = _best(lambda: greedy(rows, t, steps), reps=1)
-        hwm = status()["VmHWM"] if exact else None
+        with PeakRSS() as mem:
+            topk_s, _ = best_of(lambda: top_indices(alignment(rows, t), k), reps=2)
+            t1, _ = best_of(lambda: greedy(rows, t, 1), reps=1)
+            ts, _ = best_of(lambda: greedy(rows, t, steps), reps=1)
     return {"write_s": write_s, "topk_s": topk_s, "step_s": (ts - t1) / (steps - 1),
-            "peak_growth": (hwm - rss0) if hwm else None, "gib": N * d * 2 / GIB}
+            "peak_growth": mem.growth, "gib": N * d * 2 / GIB}
 
 
-def child(name: str, **kw) -> dict:
-    cmd = [sys.executable, "-m", "src.bench_select", "--child", json.dumps(kw)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if out.returncode:
-        sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"bench child {name} {kw} failed ({out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def child(**kw) -> dict:
+    return run_child("src.bench.selection", ["--child", json.dumps(kw)])
 
 
 def report(rows: list[dict], threads: int) -> None:
@@ -202,7 +166,7 @@ def main(argv=None):
         torch.set_num_threads(kw.pop("threads"))
         print(json.dumps(measure(argparse.Namespace(**kw))))
         return
-    rows = [child("b", threads=args.threads, n=n, dim=args.dim, k=args.k, steps=args.steps, full_max=args.full_max,
+    rows = [child(threads=args.threads, n=n, dim=args.dim, k=args.k, steps=args.steps, full_max=args.full_max,
                   epsilon=args.epsilon, seeds=args.seeds, batched=args.batched, store=n in args.store) for n in args.sizes]
     report(rows, args.threads)
     return rows

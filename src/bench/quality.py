@@ -1,6 +1,6 @@
 """Quality benchmark: the embedded task over several random seeds, mean ± std per selector.
 
-    python -m src.bench --seeds 0 1 2 [hydra overrides ...]
+    python -m src.bench.quality --seeds 0 1 2 [--out DIR] [--] [hydra overrides ...]
 
 Each seed is a full run (θf, seed-corpus sample, projections, retraining all re-seeded);
 upstream stages are cached, so a repeated benchmark only redoes selection and retraining.
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
+
+from src.bench.common import offline_env
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="outputs/bench")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. k=200 d=512")
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    offline_env()
 
     from src.config import compose_config
     from src.pipeline import run

@@ -1,6 +1,6 @@
 """Benchmark: factored projected LM-head gradients vs the dense reference.
 
-    python -m src.gradients.bench_lm_head [--n 1000] [--n-dense 32] [--batch-size 16] [--d 1024]
+    python -m src.bench.lm_head [--n 1000] [--n-dense 32] [--batch-size 16] [--d 1024]
 
 A randomly initialised GPT-2 of the embedded base LM's shape (n_embd 192, 4 layers, vocab 4096, untied head) on synthetic SFT examples
 of 40–56 tokens (first half prompt, second half response, right-padded):
@@ -17,8 +17,8 @@ Threads: ``--threads`` (default 1) for both paths; timings are wall-clock and in
 between the first and last batch (forward, softmax, projection; for the dense path, generating
 the dense map's wide blocks, which are too big to cache: 2M×1024 floats).
 
-Memory method: each path runs in its own subprocess. After setup (model, data, a warm-up batch)
-the process resets its kernel peak-RSS counter (``echo 5 > /proc/self/clear_refs``, Linux ≥ 4.0),
+Memory method (``common.PeakRSS``): each path runs in its own subprocess. After setup (model, data, a
+warm-up batch) the process resets its kernel peak-RSS counter (``echo 5 > /proc/self/clear_refs``, Linux ≥ 4.0),
 notes VmRSS, runs the pass, and reads VmHWM: peak = VmHWM − VmRSS-before, i.e. the largest
 resident growth during the pass, counting everything torch, the allocator and Python touched
 (not just tensors). Where clear_refs is unavailable it falls back to ru_maxrss − RSS-before,
@@ -34,35 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
-import subprocess
-import sys
 import time
 
 import torch
 
+from src.bench.common import PeakRSS, run_child
+
 # The embedded base LM's architecture (conf/base_lm/default.yaml); weights are random: cost does not depend on them.
 VOCAB, HIDDEN, LAYERS, HEADS = 4096, 192, 4, 4
-
-
-def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _model():
@@ -125,14 +104,13 @@ def run_path(path: str, n: int, bs: int, d: int, seed: int) -> dict:
     with torch.no_grad():
         factored(0, 2)  # warm-up: thread pools, A/B generation and caching (both paths pay it once)
     timings = {"grad_s": 0.0, "project_s": 0.0}
-    exact_peak = _reset_peak()
-    rss0 = _status()["VmRSS"]
-    t0 = time.perf_counter()
-    outs = [fn(lo, hi) for lo, hi in _batches(n, bs)]
-    elapsed = time.perf_counter() - t0
-    peak = (_status()["VmHWM"] if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - rss0
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        outs = [fn(lo, hi) for lo, hi in _batches(n, bs)]
+        elapsed = time.perf_counter() - t0
+    peak = mem.growth if mem.exact else mem.upper_bound
     res = {"path": path, "n": n, "batch_size": bs, "seconds": elapsed, "peak_bytes": max(peak, 0),
-           "peak_method": "VmHWM after clear_refs" if exact_peak else "ru_maxrss (upper bound)",
+           "peak_method": mem.method,
            "n_response_tokens": int(response_mask(ids, prompt, am).sum()), "d": d, "d_V": fac.d_V, "d_H": fac.d_H,
            "threads": torch.get_num_threads(), **timings}
     if path == "dense":
@@ -160,15 +138,11 @@ def run_path(path: str, n: int, bs: int, d: int, seed: int) -> dict:
     return res
 
 
-def _child(path, args) -> dict:
-    cmd = [sys.executable, "-m", "src.gradients.bench_lm_head", "--child", path, "--n", str(args.n),
-           "--n-dense", str(args.n_dense), "--batch-size", str(args.batch_size), "--d", str(args.d),
-           "--seed", str(args.seed), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if out.returncode:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"{path} subprocess failed ({out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def child(path, args) -> dict:
+    """One path (``factored`` or ``dense``) measured in a fresh process (its own peak RSS)."""
+    return run_child("src.bench.lm_head", ["--child", path, "--n", str(args.n), "--n-dense", str(args.n_dense),
+                                           "--batch-size", str(args.batch_size), "--d", str(args.d),
+                                           "--seed", str(args.seed), "--threads", str(args.threads)])
 
 
 def main(argv=None):
@@ -188,7 +162,7 @@ def main(argv=None):
         n = args.n if args.child == "factored" else args.n_dense
         print(json.dumps(run_path(args.child, n, args.batch_size, args.d, args.seed)))
         return
-    fac, den = _child("factored", args), _child("dense", args)
+    fac, den = child("factored", args), child("dense", args)
     per_k = lambda r: r["seconds"] * 1000 / r["n"]  # noqa: E731
     mib = lambda b: b / 2**20  # noqa: E731
     print(f"GPT-2 n_embd={HIDDEN} n_layer={LAYERS} vocab={VOCAB}; examples 40-56 tokens (half prompt); "

@@ -1,7 +1,7 @@
 """GPU smoke check, in one go: the whole pipeline and corpus-scale selection on a CUDA device.
 
-    make gpu-smoke                       # python -m src.gpu_smoke; a few minutes on one data-centre GPU
-    python -m src.gpu_smoke --small --device cpu   # the same steps, tiny, on the CPU (checks the script)
+    make gpu-smoke                       # python -m src.bench.gpu_smoke; a few minutes on one data-centre GPU
+    python -m src.bench.gpu_smoke --small --device cpu   # the same steps, tiny, on the CPU (checks the script)
 
 Offline by design (no hub): the model is a randomly initialised GPT-2 of gpt2-medium's shape
 (24 layers, 1024 wide, 16 heads: ~355M parameters) with a classification head, MiniLM's packaged
@@ -10,9 +10,9 @@ tokenizer, the embedded WordNet task. Steps, each printed with its wall time:
 1. ``pytest tests/test_selection_scale.py``: includes the GPU-vs-CPU pick equality test, skipped on CPU;
 2. the pipeline (θf by finetuning, autolabel, gradient pass, select + topk + random, retrain, evaluate)
    with ``trainer=gpu``, float16 gradient store, ``selection.device=cuda``;
-3. selection at |D| = ``--n`` (default 10^6), d = 4096, float16, on the device: the limit (one
-   G @ t), top-k, one exact greedy step, exact greedy k = 1000 in full, stochastic and batched greedy; and the
-   picks of GPU vs CPU exact greedy at |D| = 10^5, k = 100 (must be equal).
+3. selection at |D| = ``--n`` (default 10^6), d = 4096, float16 synthetic gradients (``common.synthetic``),
+   on the device: the limit (one G @ t), top-k, one exact greedy step, exact greedy k = 1000 in full,
+   stochastic and batched greedy; and the picks of GPU vs CPU exact greedy at |D| = 10^5, k = 100 (must be equal).
 
 A JSON summary goes to ``$OUT/gpu_smoke.json`` when ``OUT`` is set (else to stdout only).
 """
@@ -29,20 +29,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device):
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t0, out
+from src.bench.common import ROOT, best_of, synthetic_matrix, timed
 
 
 def step_tests(device) -> dict:
@@ -82,26 +69,18 @@ def step_selection(device, n: int, d: int, k: int) -> dict:
     from src.selectors.rows import TensorRows
     from src.selectors.topk import alignment
 
-    gen = torch.Generator(device=device).manual_seed(0)
-    G = torch.empty(1, n, d, dtype=torch.float16, device=device)
-    u = torch.nn.functional.normalize(torch.randn(d, generator=gen, device=device), dim=0)
-    for lo in range(0, n, 65536):
-        m = min(65536, n - lo)
-        G[0, lo:lo + m] = (torch.randn(m, d, generator=gen, device=device)
-                           + 2.0 * torch.randn(m, 1, generator=gen, device=device) * u).half()
-    sq = torch.cat([G[0, lo:lo + 65536].float().pow(2).sum(-1) for lo in range(0, n, 65536)])[None]  # as stored
-    t = u * 30 + torch.randn(d, generator=gen, device=device)
+    G, sq, t = synthetic_matrix(n, d, device=device)  # norms of the float16 rows, as stored
     rows = TensorRows(G, sq=sq, block_rows=n)
     th = t.half()
     out = {"n": n, "d": d, "k": k, "device": str(device), "gib": G.numel() * 2 / 2**30}
-    out["limit_s"] = min(_timed(lambda: G[0] @ th, device)[0] for _ in range(3))
-    out["topk_s"] = min(_timed(lambda: top_indices(alignment(rows, t), k), device)[0] for _ in range(2))
-    t1 = _timed(lambda: greedy(rows, t, 1), device)[0]
-    t11 = _timed(lambda: greedy(rows, t, 11), device)[0]
+    out["limit_s"] = best_of(lambda: G[0] @ th, 3, device)[0]
+    out["topk_s"] = best_of(lambda: top_indices(alignment(rows, t), k), 2, device)[0]
+    t1 = timed(lambda: greedy(rows, t, 1), device)[0]
+    t11 = timed(lambda: greedy(rows, t, 11), device)[0]
     out["step_s"] = (t11 - t1) / 10
-    out["exact_s"], (idx, obj) = _timed(lambda: greedy(rows, t, k), device)
-    out["stochastic_s"], (sidx, sobj) = _timed(lambda: greedy(rows, t, k, method="stochastic"), device)
-    out["batched_s"], (bidx, bobj) = _timed(lambda: greedy(rows, t, k, method="batched"), device)
+    out["exact_s"], (idx, obj) = timed(lambda: greedy(rows, t, k), device)
+    out["stochastic_s"], (sidx, sobj) = timed(lambda: greedy(rows, t, k, method="stochastic"), device)
+    out["batched_s"], (bidx, bobj) = timed(lambda: greedy(rows, t, k, method="batched"), device)
     out.update(exact_objective=float(obj[-1]), stochastic_objective=float(sobj[-1]),
                batched_objective=float(bobj[-1]), overlap=len(set(idx.tolist()) & set(sidx.tolist())) / k,
                GB_per_s_limit=G.numel() * 2 / out["limit_s"] / 1e9)
