@@ -14,7 +14,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from src.config import CONF_DIR, quiet_libraries, register_resolvers
 from src.errors import UserError
@@ -24,34 +24,31 @@ log = logging.getLogger("src.main")
 
 
 def print_table(res: dict) -> None:
+    """The run's comparison table (``src.results``), with where a recover run wrote its picks."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    if "reference" not in res:  # recover mode without true data: where the selections are
-        c = res["config"]
-        t = Table(title=f"weights2data recover ({res['task']}): k={c['k']} d={c['d']} P={c['P']} "
-                        f"from {res['n_seed']} seed rows (all scores: {res['scores']})")
-        for col in ("selector", "picks", "objective after the last pick", "selection"):
-            t.add_column(col)
-        for r in res["results"]:
-            obj = "" if r["objective"] is None else f"{r['objective']:.4f}"
-            t.add_row(r["selector"], str(r["k"]), obj, r["selection"])
-        Console(width=160).print(t)
-        return
-    c, m, ref = res["config"], res["metric"], res["reference"]
-    t = Table(title=f"weights2data ({res['task']}): k={c['k']} d={c['d']} P={c['P']} rng={c['rng']}")
-    for col in ("selector", m, "OT distance", "what the picks are"):
-        t.add_column(col)
-    for r in res["results"]:
-        # Class balance of the training labels (classification), else the picks' source groups, largest first.
-        shares = r["class_balance"] or dict(sorted((r.get("groups") or {}).items(), key=lambda kv: -kv[1])[:4])
-        name = "expert (k true rows)" if r["selector"] == "expert" else r["selector"]
-        t.add_row(name, f"{r[m]:.4f}", f"{r['ot_distance']:.4f}",
-                  " ".join(f"{k.split('.')[-1]}:{v:.2f}" for k, v in shares.items()))
-    # The references are models, not selections: θf is what the paper's tables call "expert".
-    t.add_row("θf (the finetuned model)", f"{ref[f'thetaf_{m}']:.4f}", "", "reference, not a selection")
-    t.add_row("θ0 (the base model)", f"{ref[f'theta0_{m}']:.4f}", "", "reference, not a selection")
-    Console(width=140).print(t)
+    from src.results import aggregate, notes, table
+
+    c, rows = res["config"], aggregate([res])
+    if "reference" not in res:  # recover mode without true data: the picks and where they are
+        title = (f"weights2data recover ({res['task']}): k={c['k']} d={c['d']} P={c['P']} "
+                 f"from {res['n_seed']} seed rows (all scores: {res['scores']})")
+        below = [f"{r['selector']}: {r['selection']}" for r in res["results"]]
+    else:
+        title = f"weights2data ({res['task']}): k={c['k']} d={c['d']} P={c['P']} rng={c['rng']}"
+        below = notes(rows)
+    columns, cells = table(rows)
+    t = Table(title=escape(title), min_width=min(len(title) + 4, 160))
+    for col in columns:
+        t.add_column(escape(col), no_wrap=col == "selector")
+    for line in cells:
+        t.add_row(*map(escape, line))
+    console = Console(width=160)
+    console.print(t)
+    for line in below:
+        console.print(escape(line), soft_wrap=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -4,9 +4,11 @@ Gathers every ``results.json`` below the folder (default: the newest folder in o
 groups the selector rows by (selector, d, P) plus any other config key that differs between the
 runs (e.g. ``seed.include`` in experiment=seed_domain), and averages over random seeds (``rng``):
 mean ± sample std and n, of the task's metric (``results.json``'s ``metric``: accuracy for classification,
-perplexity for SFT) and the OT distance. Writes ``report.csv``, ``report.json``, PNG plots (metric vs d,
-metric vs P, metric and OT distance per selector) and a self-contained ``report.html`` to ``--out``
-(default ``<folder>/report``), and prints the table.
+perplexity for SFT) and the OT distance, or for recover runs without true data, of the objective after
+the last pick. Rows and table come from ``src.results`` (the table every run prints). Writes
+``report.csv`` (the aggregated rows), ``report.json``, PNG plots (metric vs d, metric vs P, metric and OT
+distance per selector) and a self-contained ``report.html`` to ``--out`` (default ``<folder>/report``),
+and prints the table.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from src.results import ResultsError, flatten, format_text, notes, table
+from src.results import aggregate as aggregate_rows
 
 LOWER_IS_BETTER = ("perplexity", "ot_distance")
 # Never a grouping key: rng is what we average over; the rest do not change a selector's result.
@@ -44,23 +49,6 @@ def find_results(root: Path) -> list[tuple[Path, dict]]:
     return out
 
 
-def _value(v):
-    if isinstance(v, list):
-        return "[" + ",".join(str(_value(x)) for x in v) + "]"
-    return v
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested config → {"a.b.c": value}, lists written as "[x,y]" so every value is hashable."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = _value(v) if not isinstance(v, dict) else "{}"
-    return out
-
-
 def varying_keys(results: list[dict]) -> list[str]:
     """Config keys (flattened) that split the runs beyond (d, P): each kept key must separate runs that
     (d, P, the keys kept before it) do not, and must not be a mere function of ``rng`` (e.g. a seed
@@ -79,78 +67,32 @@ def varying_keys(results: list[dict]) -> list[str]:
     return kept
 
 
-def _mean_std(vals: list[float]) -> tuple[float, float]:
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
 def aggregate(results: list[dict], extra: list[str] | None = None) -> list[dict]:
-    """One row per (selector, d, P, *extra): mean and std of each metric over the runs' seeds.
+    """One row per (selector, d, P, *extra) averaged over the runs' seeds (``src.results.aggregate``).
 
-    ``extra`` defaults to ``varying_keys(results)``. Each output row has selector, d, P, the extra keys,
-    n (runs averaged), rngs, metric (its name), <metric>_mean/_std, ot_distance_mean/_std, and the mean θ0 / θf
-    reference values theta0_<metric> / thetaf_<metric>. Raises ReportError when runs have different metrics.
+    ``extra`` defaults to ``varying_keys(results)``. Raises ResultsError when runs have different metrics.
     """
-    names = sorted({res.get("metric", "accuracy") for res in results})
-    if len(names) > 1:
-        raise ReportError(f"the runs mix tasks with different metrics ({', '.join(names)}); report them separately")
-    metric = names[0]
-    extra = varying_keys(results) if extra is None else extra
-    groups: dict[tuple, dict] = {}
-    order: dict[str, int] = {}
-    for res in results:
-        cfg, flat = res.get("config", {}), flatten(res.get("config", {}))
-        for r in res["results"]:
-            order.setdefault(r["selector"], len(order))
-            d, P = r.get("d", cfg.get("d")), r.get("P", cfg.get("P"))
-            key = (r["selector"], d, P, *(flat.get(k) for k in extra))
-            g = groups.setdefault(key, {"rows": [], "refs": []})
-            g["rows"].append(r)
-            g["refs"].append(res.get("reference", {}))
-    out = []
-    for key, g in groups.items():
-        row = {"selector": key[0], "d": key[1], "P": key[2], **dict(zip(extra, key[3:])), "n": len(g["rows"]),
-               "rngs": sorted({r.get("rng") for r in g["rows"]}, key=str), "metric": metric}
-        for m in (metric, "ot_distance"):
-            row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([float(r[m]) for r in g["rows"]])
-        for ref in (f"theta0_{metric}", f"thetaf_{metric}"):
-            vals = [float(x[ref]) for x in g["refs"] if ref in x]
-            row[ref] = statistics.mean(vals) if vals else None
-        out.append(row)
-
-    def sort_key(r):
-        return ([str(r[k]) for k in extra], r["d"] or 0, r["P"] or 0, order[r["selector"]])
-    return sorted(out, key=sort_key)
+    return aggregate_rows(results, varying_keys(results) if extra is None else extra)
 
 
 def _cell(v) -> str:
     return "-" if v is None else str(v)
 
 
-def table_columns(extra: list[str], metric: str) -> list[str]:
-    return ["selector", "d", "P", *extra, "n", metric, "OT distance", f"θf {metric} (the finetuned model)"]
-
-
-def table_cells(row: dict, extra: list[str]) -> list[str]:
-    m = row["metric"]
-    ref = row.get(f"thetaf_{m}")
-    name = "expert (k true rows)" if row["selector"] == "expert" else str(row["selector"])  # not θf: a selection
-    return [name, str(row["d"]), str(row["P"]), *(_cell(row.get(k)) for k in extra), str(row["n"]),
-            f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}",
-            f"{row['ot_distance_mean']:.4f} ± {row['ot_distance_std']:.4f}", "-" if ref is None else f"{ref:.4f}"]
-
-
-def format_table(rows: list[dict], extra: list[str]) -> str:
-    cells = [table_columns(extra, rows[0]["metric"])] + [table_cells(r, extra) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+def value_name(rows: list[dict]) -> str:
+    """What the rows score: the task's metric, or the objective for recover runs without true data."""
+    return rows[0]["metric"] or "objective"
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    """The aggregated rows, one column per field; nested fields (composition, info) as ``<field>/<name>``."""
+    flat = [{f"{k}/{c}" if isinstance(v, dict) else k: x for k, v in r.items()
+             for c, x in (v.items() if isinstance(v, dict) else [(None, v)])} for r in rows]
+    cols = list(dict.fromkeys(k for r in flat for k in r))
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        for r in rows:
+        for r in flat:
             w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
 
 
@@ -163,14 +105,15 @@ def _label(r: dict, keys: list[str]) -> str:
 
 
 def plot_vs(rows: list[dict], x: str, extra: list[str], path: Path) -> str | None:
-    """The task metric vs ``x`` ("d" or "P"), one line per selector (and per value of the other keys that vary).
-    Returns why it was skipped, or None when written."""
+    """The task metric (or a recover run's objective) vs ``x`` ("d" or "P"), one line per selector (and per
+    value of the other keys that vary). Returns why it was skipped, or None when written."""
+    m, test = value_name(rows), "test " if rows[0]["metric"] else ""
+    rows = [r for r in rows if r.get(f"{m}_mean") is not None]  # a selector without an objective has no point
     xs = sorted({r[x] for r in rows if r[x] is not None})
     if len(xs) < 2:
-        return f"{rows[0]['metric']} vs {x} skipped: the sweep has only one value of {x} ({', '.join(map(str, xs)) or 'none'})"
+        return f"{m} vs {x} skipped: the sweep has only one value of {x} ({', '.join(map(str, xs)) or 'none'})"
     import matplotlib.pyplot as plt
 
-    m = rows[0]["metric"]
     other = [k for k in ["d", "P", *extra] if k != x and len({str(r.get(k)) for r in rows}) > 1]
     series: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -190,7 +133,7 @@ def plot_vs(rows: list[dict], x: str, extra: list[str], path: Path) -> str | Non
     if x == "d":
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(v) for v in xs])
-    ax.set(xlabel=x, ylabel=f"test {m} (mean ± std over seeds)",
+    ax.set(xlabel=x, ylabel=f"{test}{m} (mean ± std over seeds)",
            title=f"{m} vs {x}" + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
@@ -203,6 +146,7 @@ def plot_bars(rows: list[dict], metric: str, extra: list[str], path: Path) -> No
     """``metric`` per selector as bars with std error bars, grouped by configuration when there are several."""
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get(f"{metric}_mean") is not None]
     keys = [k for k in ["d", "P", *extra] if len({str(r.get(k)) for r in rows}) > 1]
     configs = list(dict.fromkeys(_label(r, keys) for r in rows))
     sels = list(dict.fromkeys(r["selector"] for r in rows))
@@ -232,7 +176,7 @@ def make_plots(rows: list[dict], extra: list[str], out: Path) -> tuple[list[Path
     import matplotlib
 
     matplotlib.use("Agg")
-    written, skipped, metric = [], [], rows[0]["metric"]
+    written, skipped, metric = [], [], value_name(rows)
     for x in ("d", "P"):
         why = plot_vs(rows, x, extra, out / f"{metric}_vs_{x}.png")
         if why:
@@ -240,8 +184,9 @@ def make_plots(rows: list[dict], extra: list[str], out: Path) -> tuple[list[Path
         else:
             written.append(out / f"{metric}_vs_{x}.png")
     for m in (metric, "ot_distance"):
-        plot_bars(rows, m, extra, out / f"{m}.png")
-        written.append(out / f"{m}.png")
+        if any(r.get(f"{m}_mean") is not None for r in rows):  # recover runs: no OT distance
+            plot_bars(rows, m, extra, out / f"{m}.png")
+            written.append(out / f"{m}.png")
     return written, skipped
 
 
@@ -255,20 +200,23 @@ def render_html(rows: list[dict], extra: list[str], title: str, runs: list[str],
                 skipped: list[str]) -> str:
     e = html.escape
     m = rows[0]["metric"]
-    head = "".join(f"<th>{e(c)}</th>" for c in table_columns(extra, m))
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(r, extra)) + "</tr>" for r in rows)
+    columns, cells = table(rows, ["d", "P", *extra])
+    head = "".join(f"<th>{e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in line) + "</tr>" for line in cells)
+    legend = "".join(f"<p>{e(n)}</p>" for n in notes(rows))
     figs = "".join(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,'
                    f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{e(p.name)}</figcaption></figure>'
                    for p in plots)
-    notes = "".join(f'<p class="skipped">{e(s)}</p>' for s in skipped)
+    skipped_notes = "".join(f'<p class="skipped">{e(s)}</p>' for s in skipped)
     run_list = "".join(f"<li><code>{e(r)}</code></li>" for r in runs)
     by = ", ".join(["selector", "d", "P", *extra])
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style>'
-            f"</head><body><h1>{e(title)}</h1><p>{len(runs)} runs, grouped by ({e(by)}); {e(m)} and OT"
-            " distance are mean ± sample std over random seeds (n runs; std 0 when n = 1). θf: the finetuned"
-            " model the selections try to reproduce.</p>"
-            f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-            f"<h2>Plots</h2>{notes}{figs}<h2>Runs</h2><ul>{run_list}</ul></body></html>")
+            f"</head><body><h1>{e(title)}</h1><p>{len(runs)} runs, grouped by ({e(by)}); "
+            f"{e(f'{m} and OT distance are' if m else 'the objective after the last pick is')} mean ± sample std"
+            " over random seeds (n runs; the std is left out when n = 1)."
+            + (" θf: the finetuned model the selections try to reproduce." if m else "") + "</p>"
+            f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{legend}'
+            f"<h2>Plots</h2>{skipped_notes}{figs}<h2>Runs</h2><ul>{run_list}</ul></body></html>")
 
 
 # ---------------------------------------------------------------------------------------------- cli
@@ -312,10 +260,10 @@ def main(argv=None) -> int:
     out = args.out or root / "report"
     try:
         rows, extra, runs = build_report(root, out)
-    except ReportError as e:
+    except (ReportError, ResultsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{root}: {len(runs)} runs\n{format_table(rows, extra)}\n"
+    print(f"{root}: {len(runs)} runs\n{format_text(rows, ['d', 'P', *extra])}\n"
           f"report written to {out}/report.html")
     return 0
 

@@ -7,7 +7,8 @@ multirun share a W&B group: the sweep folder's name.
 A finished run logs, to any Lightning logger: ``timings/<stage>`` (seconds), ``<selector>/<metric>``
 (the task's metric: accuracy, or perplexity for SFT), ``<selector>/ot_distance`` and
 ``reference/theta{0,f}_<metric>``; to W&B only, also a ``results``
-table (one row per selector) and the run's ``selections/*.json`` as an artifact of type ``selection``.
+table (the printed table's rows, θf and θ0 included, plus every field the selectors report) and the run's
+``selections/*.json`` as an artifact of type ``selection``.
 """
 from __future__ import annotations
 
@@ -49,14 +50,12 @@ def scalar_metrics(res: dict) -> dict[str, float]:
 
 
 def table_rows(res: dict) -> tuple[list[str], list[list]]:
-    """Columns and rows of the results table: scalar fields of each row, class balance flattened."""
-    rows = res["results"]  # selectors add their own info fields: take the union, None where missing
-    keys = list(dict.fromkeys(c for r in rows for c in r))
-    scalar = [c for c in keys if not any(isinstance(r.get(c), (dict, list)) for r in rows)]
-    classes = list(dict.fromkeys(c for r in rows for c in r.get("class_balance") or {}))
-    cols = scalar + [f"balance/{c}" for c in classes]
-    data = [[r.get(c) for c in scalar] + [(r.get("class_balance") or {}).get(c) for c in classes] for r in rows]
-    return cols, data
+    """Columns and rows of the W&B results table: the run's printed table (``src.results``) with numbers as
+    numbers, then every other field the selectors report (None where a selector has none) and the
+    composition of the picks as ``balance/<name>`` columns."""
+    from src.results import aggregate, table
+
+    return table(aggregate([res]), values=True, details=True)
 
 
 def log_run(logger, res: dict, out_dir: Path) -> None:

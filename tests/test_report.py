@@ -6,7 +6,6 @@ through the entry point with W&B offline, then the report on it.
 import json
 import os
 import statistics
-import struct
 import subprocess
 import sys
 
@@ -119,13 +118,54 @@ def test_report_uses_the_tasks_metric(tmp_path, capsys):
     assert rows[0]["thetaf_perplexity"] == 30.0 and "accuracy_mean" not in rows[0]
     assert {p.name for p in (root / "report").glob("*.png")} == {"perplexity_vs_d.png", "perplexity.png",
                                                                  "ot_distance.png"}
-    assert "θf perplexity" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    header = next(line for line in out if line.startswith("selector"))
+    assert header.split()[:5] == ["selector", "d", "P", "n", "perplexity"]
+    thetaf = [line for line in out if line.startswith("θf (the finetuned model)")]  # a reference row per d
+    assert len(thetaf) == 2 and all("30.0000" in line for line in thetaf)
     m = scalar_metrics(sft_run(64, 0, (40.0, 60.0)))
     assert m["select/perplexity"] == 40.0 and m["reference/thetaf_perplexity"] == 30.0
     assert "select/accuracy" not in m
     write_sweep(tmp_path / "mixed", [fake_run(), sft_run(64, 0, (40.0, 60.0))])
     assert report.main([str(tmp_path / "mixed")]) == 2
     assert "different metrics (accuracy, perplexity)" in capsys.readouterr().err
+
+
+def recover_run(rng, objectives, d=64):
+    """A recover run's results.json without true data (mode=recover): no metric, no reference, an objective per row."""
+    return {"config": {"d": d, "P": 1, "k": 8, "rng": rng, "mode": "recover"}, "mode": "recover", "task": "sft",
+            "n_seed": 60, "scores": f"/runs/{rng}/scores.parquet", "timings": {"select/select": 1.0},
+            "results": [{"selector": s, "k": 8, "d": d, "P": 1, "rng": rng, "objective": o, "device": "cpu",
+                         "selection": f"/runs/{rng}/selections/{s}/selection.parquet"} for s, o in objectives.items()]}
+
+
+def test_report_aggregates_recover_runs_by_selector(tmp_path, capsys):
+    runs = [recover_run(0, {"select": 0.50, "topk": 0.30, "random": None}),
+            recover_run(1, {"select": 0.70, "topk": 0.40, "random": None})]
+    rows = report.aggregate(runs)
+    assert [(r["selector"], r["n"], r["metric"]) for r in rows] == [("select", 2, None), ("topk", 2, None),
+                                                                    ("random", 2, None)]
+    assert rows[0]["objective_mean"] == pytest.approx(0.6) and rows[0]["objective_std"] == pytest.approx(
+        statistics.stdev([0.5, 0.7]))
+    assert "objective_mean" not in rows[2]  # random has no objective: an empty cell, not a zero
+    assert not any(k.startswith(("ot_distance", "accuracy", "theta")) for r in rows for k in r)
+
+    root = write_sweep(tmp_path / "recover", runs)
+    assert report.main([str(root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = next(line for line in out if line.startswith("selector"))
+    assert "objective after the last pick" in header and "OT distance" not in header and "accuracy" not in header
+    assert any(line.startswith("select ") and "0.6000 ± 0.1414" in line for line in out)
+    assert not any(line.startswith("θf") for line in out)  # nothing to compare against
+    written = root / "report"
+    assert {p.name for p in written.glob("*.png")} == {"objective.png"}  # one d, one P: no line plots
+    page = (written / "report.html").read_text()
+    assert "<td>0.6000 ± 0.1414</td>" in page and "objective vs d skipped" in page
+    assert (written / "report.csv").read_text().splitlines()[0].startswith("selector,d,P,n,rngs,metric,k_mean")
+    # A recover run and an experiment do not share a table.
+    write_sweep(tmp_path / "mixed", [fake_run(), recover_run(0, {"select": 0.5})])
+    assert report.main([str(tmp_path / "mixed")]) == 2
+    assert "accuracy, none (recover without true data)" in capsys.readouterr().err
 
 
 def test_cli_errors_and_newest_sweep(tmp_path, monkeypatch, capsys):
@@ -151,26 +191,38 @@ def test_tracking_flattens_metrics_and_table():
     assert m["timings/select/retrain"] == 2.0 and m["reference/thetaf_accuracy"] == 0.95
     res["results"][1]["objective_last"] = 0.5  # selector-specific info: a column, empty for the others
     cols, data = table_rows(res)
-    assert cols[:2] == ["selector", "k"] and "balance/noun.animal" in cols and len(data) == 2
-    assert data[0][cols.index("accuracy")] == 0.9
-    assert [row[cols.index("objective_last")] for row in data] == [None, 0.5]
+    # The printed table's columns first (numbers as numbers), then every other field of the rows.
+    assert cols[:3] == ["selector", "accuracy", "OT distance"] and "k" in cols and "balance/noun.animal" in cols
+    assert [row[0] for row in data] == ["select", "random", "θf (the finetuned model)", "θ0 (the base model)"]
+    assert data[0][cols.index("accuracy")] == 0.9 and data[0][cols.index("k")] == 10
+    assert data[2][cols.index("accuracy")] == 0.95 and data[0][cols.index("balance/noun.animal")] == 0.5
+    assert [row[cols.index("objective_last")] for row in data] == [None, 0.5, None, None]
 
 
 # ------------------------------------------------------------------------------------ end to end
 def wandb_records(path):
-    """Records of an offline W&B run file (.wandb: a LevelDB-style log of protobuf ``Record``s)."""
+    """Records of an offline W&B run file (``run-<id>.wandb``), as ``wandb_internal_pb2.Record`` messages.
+
+    Parsed by hand because W&B has no public reader for it (the Python datastore that read it moved into
+    the Go ``wandb-core`` binary), and offline the run's group and logged artifacts are written nowhere
+    else: ``files/`` holds only the media, e.g. the results table's JSON. The file is a LevelDB-style log:
+    a 7-byte header (":W&B", magic, version), then 32 KiB blocks of chunks, each framed by
+    CRC32 (4 bytes), length (2) and type (1: full record, 2/3/4: first/middle/last fragment).
+    """
+    import struct
+
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data, pos, buf = path.read_bytes(), 7, b""  # 7-byte header ":W&B" + magic + version
+    data, pos, buf = path.read_bytes(), 7, b""
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # block trailer padding
+        if 32768 - pos % 32768 < 7:  # too little left in a block for a chunk header: padding
             pos += 32768 - pos % 32768
             continue
         _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
         buf = (buf if kind in (3, 4) else b"") + data[pos + 7:pos + 7 + n]
         pos += 7 + n
-        if kind in (1, 4):  # full / last fragment
+        if kind in (1, 4):
             r = pb.Record()
             r.ParseFromString(buf)
             yield r
@@ -178,52 +230,61 @@ def wandb_records(path):
 
 @pytest.mark.slow
 def test_tiny_multirun_then_report(tmp_path):
+    # Two jobs, the fewest that group: the same config over two seeds (rng), averaged into one row per selector.
     sweep = tmp_path / "w2d-sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "W2D_CACHE_DIR": str(tmp_path / "cache"),
            "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache")}
-    p = subprocess.run([sys.executable, "-m", "src.main", "-m", *TINY, "logger=wandb", "d=8,16", "selector=select",
-                        "baselines=[random]", f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=900)
+    p = subprocess.run([sys.executable, "-m", "src.main", "-m", *TINY, "P=1", "logger=wandb", "rng=0,1",
+                        "selector=select", "baselines=[random]", f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
-    runs = {json.loads(f.read_text())["config"]["d"]: json.loads(f.read_text()) for f in sweep.glob("*/results.json")}
-    assert sorted(runs) == [8, 16]
+    jobs = {f.parent: json.loads(f.read_text()) for f in sorted(sweep.glob("*/results.json"))}
+    runs = list(jobs.values())
+    assert sorted(res["config"]["rng"] for res in runs) == [0, 1]
 
     q = subprocess.run([sys.executable, "-m", "src.report", str(sweep)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-3000:]
     out = sweep / "report"
     rows = json.loads((out / "report.json").read_text())["rows"]
-    assert len(rows) == 4  # {select, random} × d ∈ {8, 16}
-    for d, res in runs.items():
-        for r in res["results"]:
-            (row,) = [x for x in rows if (x["selector"], x["d"]) == (r["selector"], d)]
-            assert row["n"] == 1 and row["accuracy_std"] == 0.0
-            assert row["accuracy_mean"] == pytest.approx(r["accuracy"])
-            assert row["ot_distance_mean"] == pytest.approx(r["ot_distance"])
-            assert f"{r['accuracy']:.4f}" in q.stdout  # the printed table
+    assert [(r["selector"], r["d"], r["n"], r["rngs"]) for r in rows] == [("select", 16, 2, [0, 1]),
+                                                                          ("random", 16, 2, [0, 1])]
+    for row in rows:
+        accs = [r["accuracy"] for res in runs for r in res["results"] if r["selector"] == row["selector"]]
+        ots = [r["ot_distance"] for res in runs for r in res["results"] if r["selector"] == row["selector"]]
+        assert row["accuracy_mean"] == pytest.approx(statistics.mean(accs))
+        assert row["accuracy_std"] == pytest.approx(statistics.stdev(accs))
+        assert row["ot_distance_mean"] == pytest.approx(statistics.mean(ots))
+        assert f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}" in q.stdout  # the printed table
     assert len((out / "report.csv").read_text().strip().splitlines()) == 1 + len(rows)
 
     import matplotlib.image
 
     pngs = sorted(out.glob("*.png"))
-    assert {x.name for x in pngs} == {"accuracy_vs_d.png", "accuracy.png", "ot_distance.png"}
+    assert {x.name for x in pngs} == {"accuracy.png", "ot_distance.png"}  # one d, one P: no line plots
     for png in pngs:
-        assert png.stat().st_size > 0 and png.read_bytes()[:8] == PNG_MAGIC
+        assert png.read_bytes()[:8] == PNG_MAGIC
         h, w = matplotlib.image.imread(png).shape[:2]
         assert h > 0 and w > 0
     page = (out / "report.html").read_text()
     assert '<table id="results">' in page and "<td>select</td>" in page and "<td>random</td>" in page
-    assert page.count("data:image/png;base64,") == 3 and "accuracy vs P skipped" in page
+    assert page.count("data:image/png;base64,") == 2
+    assert "accuracy vs d skipped" in page and "accuracy vs P skipped" in page
 
-    # W&B offline: one run folder per job, all in the group named after the sweep folder, each with
-    # the results table and a "selection" artifact holding the run's selections/*.json.
+    # W&B offline: one run folder per job, all in the group named after the sweep folder, each with the
+    # results table (the printed table's rows) and a "selection" artifact holding the run's selections/*.json.
     groups = []
-    for job in ("0", "1"):
-        (run_file,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
-        records = list(wandb_records(run_file))
+    for job, res in jobs.items():
+        (run_dir,) = (job / "wandb").glob("offline-run-*")
+        (table_file,) = (run_dir / "files" / "media" / "table").glob("results_*.table.json")
+        logged = json.loads(table_file.read_text())
+        cols, data = table_rows(res)
+        assert logged["columns"] == cols and [row[0] for row in logged["data"]] == [row[0] for row in data]
+        accuracy = cols.index("accuracy")
+        assert [row[accuracy] for row in logged["data"]] == pytest.approx([row[accuracy] for row in data])
+        records = list(wandb_records(next(run_dir.glob("run-*.wandb"))))
         groups += [r.run.run_group for r in records if r.WhichOneof("record_type") == "run"]
         arts = {r.artifact.type: sorted(c.path for c in r.artifact.manifest.contents)
                 for r in records if r.WhichOneof("record_type") == "artifact"}
-        assert arts["selection"] == ["random.json", "select.json"]
-        assert "run_table" in arts
+        assert arts["selection"] == ["random.json", "select.json"] and "run_table" in arts
     assert groups == [sweep.name, sweep.name]
