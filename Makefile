@@ -27,7 +27,7 @@ bench-classify-lm:  ## label-word classification on the LM head: WordNet seed, t
 	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/classify_lm_other_topics -- task=classify_lm \
 	  seed=wordnet_other_topics $(CLM_BASELINES)
 	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/classify_lm_raw -- task=classify_lm \
-	  classify_lm.precondition=none "baselines=[random]"
+	  gradient.precondition=none "baselines=[random]"
 
 sweep-demo:         ## small multirun (SELECT vs topk/random at d=256,1024; a few minutes on 2 cores)
 	$(PY) -m src.main -m experiment=sweep_demo

@@ -50,7 +50,7 @@ def model_path(base: str = "wordnet_lm", task: str = "sft", cache_dir: str | Non
 
     cfg = _compose([f"task={task}", *_model_overrides(base), *([f"cache_dir={_q(cache_dir)}"] if cache_dir else [])])
     if cfg.model.name_or_path == "base_lm":  # the embedded LM: a folder in cache_dir, pretrained once
-        return ensure_base_lm(OmegaConf.to_container(cfg.base_lm, resolve=True), cfg.cache_dir)
+        return ensure_base_lm(OmegaConf.to_container(cfg.base_lm, resolve=True), cfg.model_cache_dir)
     return resolve_path(str(cfg.model.name_or_path))
 
 

@@ -35,6 +35,15 @@ def text_fingerprint(texts) -> str:
     return h.hexdigest()[:16]
 
 
+def tensor_digest(t) -> str:
+    """A content hash of a tensor (dtype, shape and bytes), for keys that depend on fitted values."""
+    import torch
+
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -53,12 +53,18 @@ def print_table(res: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    from src.pipeline import run  # heavy imports only once a run really starts
-
     quiet_libraries()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = None
     try:
+        # Bad options fail here in one line, before Lightning, W&B and the pipeline are even imported.
+        from src.checks import preflight, validate
+        from src.selectors.registry import build_selectors
+
+        validate(cfg)
+        preflight(cfg, build_selectors(cfg))
+        from src.pipeline import run  # heavy imports only once a run really starts
+
         logger = make_logger(cfg, out_dir)
         res = run(cfg, out_dir, logger=logger)
         (out_dir / "results.json").write_text(json.dumps(res, indent=2))

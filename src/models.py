@@ -158,13 +158,13 @@ class ModelPair:
         return get_module(self.model, self.head_name)
 
     def head_delta(self) -> torch.Tensor:
-        """θf − θ0 restricted to the last layer, flattened like ``head_grads`` rows."""
-        from src.gradients.head import flat_head
+        """θf − θ0 restricted to the last layer, flattened like the gradient rows (``flat_layer``)."""
+        from src.gradients.last_layer import flat_layer
 
         w, b = f"{self.head_name}.weight", f"{self.head_name}.bias"
         dw = self.statef[w] - self.state0[w]
         db = (self.statef[b] - self.state0[b]) if b in self.state0 else None
-        return flat_head(dw.float(), db.float() if db is not None else None)
+        return flat_layer(dw.float(), db.float() if db is not None else None)
 
     def fresh(self, alpha: float = 0.0) -> torch.nn.Module:
         """An independent copy of θ̂_α (for retraining, which must not touch the pair)."""

@@ -11,20 +11,17 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from src.errors import UserError, did_you_mean
+from src.errors import UserError
 from src.metrics import Embedder, ot_distance
-from src.recover import preflight, recover_results
+from src.checks import preflight, validate
 from src.selection_io import SelectionWriter
-from src.selectors.base import SelectionContext, Selector, check_k
-from src.stages import autolabel, gradient_rows, load_data, load_models, to_plain
-from src.tasks import get_task
+from src.selectors.base import SelectionContext, check_k
+from src.selectors.registry import build_selectors
+from src.stages import autolabel, gradient_rows, load_models, load_task_data, to_plain
 from src.training import EpochMonitor
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class Timer(dict):
@@ -36,53 +33,14 @@ class Timer(dict):
         log.info("stage %s took %.1fs", name, self[name])
 
 
-def build_selectors(cfg) -> dict[str, Selector]:
-    """The main ``selector`` plus every name in ``baselines``, each from conf/selector/<name>.yaml."""
-    known = sorted(p.stem for p in (CONF_DIR / "selector").glob("*.yaml"))
-    main = _instantiate(cfg.selector, "selector")
-    sels = {main.name: main}
-    for name in cfg.get("baselines") or []:
-        if name not in known:
-            raise UserError(f"Unknown selector '{name}'.{did_you_mean(name, known)}")
-        if name not in sels:
-            sels[name] = _instantiate(OmegaConf.load(CONF_DIR / "selector" / f"{name}.yaml"), name)
-    return sels
-
-
-def _instantiate(sel_cfg, name) -> Selector:
-    try:
-        sel = instantiate(sel_cfg)
-    except Exception as e:
-        raise UserError(f"could not build selector '{name}' from {OmegaConf.to_container(sel_cfg)}: {e}") from e
-    if not isinstance(sel, Selector):
-        raise UserError(f"selector '{name}' is a {type(sel).__name__}, not a src.selectors.base.Selector")
-    return sel
-
-
-def validate(cfg) -> None:
-    """Cheap checks before any expensive stage, so bad input costs nothing."""
-    if int(cfg.d) <= 0:
-        raise UserError(f"projection dimension d must be positive, got d={cfg.d}")
-    if int(cfg.P) < 1:
-        raise UserError(f"P (number of synthetic checkpoints) must be >= 1, got P={cfg.P}")
-    if int(cfg.k) <= 0:
-        raise UserError(f"k (selection size) must be positive, got k={cfg.k}")
-    mode = cfg.retrain.get("select_epoch", "final")
-    if mode not in ("final", "val", "test"):
-        raise UserError(f"retrain.select_epoch must be final, val or test, got {mode!r}")
-    if mode == "val" and cfg.get("dataset") is not None and not cfg.dataset.get("n_val"):  # recover: no dataset
-        raise UserError("retrain.select_epoch=val needs a validation split: set dataset.n_val > 0")
-
-
 def run(cfg, out_dir: Path, logger=None) -> dict:
     """An experiment, or (mode=recover) a recovery: without true data it stops after selection."""
     validate(cfg)
-    task = get_task(cfg)
     timer = Timer()
     selectors = build_selectors(cfg)
     preflight(cfg, selectors)
     with timer("data"):
-        data = load_data(cfg)
+        data, task = load_task_data(cfg)
     check_seed_columns(task, data.seed, cfg.seed)
     if any(s.name != "expert" for s in selectors.values()):
         check_k(cfg.k, len(data.seed))
@@ -143,6 +101,22 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
     return {"config": to_plain(cfg), "task": task.name, "metric": task.metric, "results": rows,
             "reference": reference, "timings": dict(timer), "n_seed": len(data.seed),
             "n_true": len(data.task.train), "classes": data.task.classes}
+
+
+def recover_results(cfg, task, data, selectors: dict, writer, timer, config: dict) -> dict:
+    """Select with every selector and write each selection; nothing to retrain or score against."""
+    rows = []
+    for name, selector in selectors.items():
+        with timer(f"{name}/select"):
+            sel = selector(writer.ctx, cfg.k)
+        ds = writer(name, sel, task.seed_examples(data.seed, writer.labels, sel.indices.tolist()))
+        folder = writer.out_dir / "selections" / name
+        rows.append({"selector": name, "k": len(ds), "d": cfg.d, "P": cfg.P, "rng": cfg.rng,
+                     "objective": ds["objective"][-1], "selection": str(folder / "selection.parquet"), **sel.info})
+        log.info("%s: %d picks written to %s", name, len(ds), folder)
+    return {"config": config, "mode": "recover", "task": task.name, "results": rows, "timings": dict(timer),
+            "n_seed": len(data.seed), "scores": str(writer.out_dir / "scores.parquet"),
+            "classes": data.task.classes}
 
 
 def check_seed_columns(task, seed, seed_cfg) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save
 
@@ -24,10 +23,10 @@ from src.errors import UserError
 from src.finetuned import check_head_changed, is_adapter, merge_adapter
 from src.gradients.runner import GradientPassModule, gradient_pass
 from src.models import ModelPair, check_compatible, check_same_family, checkpoint_alphas
-from src.recover import classes_without_data, has_true_data
+from src.checks import classes_without_data, has_true_data
 from src.selectors.rows import StoreRows, resolve_device
-from src.store import ShardStore
-from src.tasks import get_task
+from src.store import STORE_DTYPES, ShardStore
+from src.tasks import get_task, task_class
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class Data:
 
 def load_data(cfg) -> Data:
     """The true data (absent in recover mode without a dataset: ``task.train`` is None) and the seed corpus."""
-    kind = getattr(get_task(cfg), "data_kind", "labelled")  # what the task reads: see src.data.loading
+    kind = task_class(cfg).data_kind  # what the task reads: see src.data.loading
     if not has_true_data(cfg):
         seed = load_seed(cfg.seed, cfg.rng, kind=kind)
         log.info("data: no true data (mode=recover); seed corpus %d examples", len(seed))
@@ -53,6 +52,12 @@ def load_data(cfg) -> Data:
     log.info("data: %d true train / %d val / %d test examples; seed corpus %d examples", len(task.train),
              0 if task.val is None else len(task.val), len(task.test), len(seed))
     return Data(task, seed)
+
+
+def load_task_data(cfg):
+    """(data, task): the data, and the task that reads it (a task needs the classes the data names)."""
+    data = load_data(cfg)
+    return data, get_task(cfg, data.task.classes)
 
 
 def folder_stamp(path: str) -> list | None:
@@ -102,7 +107,7 @@ def load_models(cfg, data: Data, task) -> ModelPair:
         # under the same θf, must not reuse autolabels (log p_θ0) or gradients made from the old one.
         key = stable_hash("given", given, cfg.rng, cfg.model.name_or_path, folder_stamp(given))
     else:
-        key = stable_hash("thetaf", cfg.task, cfg.model, cfg.dataset, cfg.finetune, cfg.rng)
+        key = stable_hash("thetaf", cfg.task, cfg.model, cfg.dataset, cfg.finetune, cfg.rng, task.fields())
 
         def finetune():
             log.info("models: finetuning θ0 on %d true examples to make θf (cached as %s)", len(data.task.train), key)
@@ -120,7 +125,8 @@ def load_models(cfg, data: Data, task) -> ModelPair:
 def autolabel(cfg, pair: ModelPair, data: Data, task) -> dict:
     """θf's labels (or generated responses) for the seed corpus, with log-likelihoods under θf and θ0."""
     # The texts' fingerprint, not the config, pins the corpus: exclusion and sampling happen before this.
-    key = stable_hash("autolabel", cfg.task, pair.key, cfg.model.max_length, cfg.get("generation"),
+    # The task's fields (prompt, label words, classes, decoding) are in it whether θf was made or given.
+    key = stable_hash("autolabel", cfg.task, pair.key, cfg.model.max_length, task.fields(),
                       text_fingerprint(data.seed["text"]))
     out = cached(Path(cfg.cache_dir) / "autolabel" / f"{key}.safetensors", lambda: task.autolabel(pair, data.seed),
                  "autolabel")
@@ -129,49 +135,43 @@ def autolabel(cfg, pair: ModelPair, data: Data, task) -> dict:
     return out
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def _gradient_store(cfg, pair: ModelPair, data: Data, labels: dict, task):
-    if cfg.gradient.store_dtype not in _DTYPES:
-        raise UserError(f"gradient.store_dtype must be one of {sorted(_DTYPES)}")
-    projector = task.make_projector(pair) if hasattr(task, "make_projector") else \
-        instantiate(cfg.projector)(in_dim=task.gradient_dim(pair), d=cfg.d)
+    """The task's gradient spec and the store it keys: the autolabels (hence θf, the corpus and the task's
+    fields), the checkpoints, the spec (projector, head, preconditioner, its own key) and the dtype."""
     alphas = checkpoint_alphas(cfg.P, cfg.get("checkpoints", "theta_f"))
-    # A task may fit something to the corpus first (e.g. a preconditioner); what it fit keys the store.
-    prepared = task.prepare_gradients(pair, data.seed, labels, alphas) if hasattr(task, "prepare_gradients") else {}
-    store_cfg = {"autolabel": labels["key"], "alphas": alphas, "projector": projector.describe(),
-                 "head": cfg.model.head, "dtype": cfg.gradient.store_dtype, **({"task": prepared} if prepared else {})}
+    spec = task.gradient_spec(pair, data.seed, labels, alphas)
+    store_cfg = {"autolabel": labels["key"], "alphas": alphas, "spec": spec.describe(),
+                 "dtype": cfg.gradient.store_dtype}
     root = Path(cfg.cache_dir) / "grads" / stable_hash(store_cfg)
     store = ShardStore(root, store_cfg, n_rows=len(data.seed), shard_size=cfg.gradient.shard_size)
-    return store, projector, alphas
+    return store, spec, alphas
 
 
-def _fill(cfg, pair, data, labels, task, store, projector, alphas, load: bool):
+def _fill(cfg, pair, data, labels, store, spec, alphas, load: bool):
     # One Lightning predict loop over the missing (checkpoint, shard) items, on whatever accelerator /
     # strategy ``trainer`` names (DDP ranks write disjoint shards).
-    return gradient_pass(pair, alphas, store, task, data.seed, labels, projector, trainer_cfg=cfg.trainer,
-                         batch_size=cfg.gradient.batch_size, store_dtype=_DTYPES[cfg.gradient.store_dtype], load=load)
+    return gradient_pass(pair, alphas, store, spec, data.seed, labels, trainer_cfg=cfg.trainer,
+                         batch_size=cfg.gradient.batch_size, store_dtype=STORE_DTYPES[cfg.gradient.store_dtype], load=load)
 
 
 def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected last-layer gradients at θ̂_1..θ̂_P ([P, N, d], in RAM, store dtype) and the projected target ([d])."""
-    store, projector, alphas = _gradient_store(cfg, pair, data, labels, task)
-    G = _fill(cfg, pair, data, labels, task, store, projector, alphas, load=True)
-    return G, task.projected_target(pair, projector)
+    store, spec, alphas = _gradient_store(cfg, pair, data, labels, task)
+    G = _fill(cfg, pair, data, labels, store, spec, alphas, load=True)
+    return G, spec.target
 
 
 def gradient_rows(cfg, pair: ModelPair, data: Data, labels: dict, task):
     """As ``gradients``, but the matrix stays on disk: (a ``StoreRows`` source read shard by shard,
     memory-mapped, on ``selection.device``; the projected target [d]; the store's hash)."""
-    store, projector, alphas = _gradient_store(cfg, pair, data, labels, task)
-    _fill(cfg, pair, data, labels, task, store, projector, alphas, load=False)
+    store, spec, alphas = _gradient_store(cfg, pair, data, labels, task)
+    _fill(cfg, pair, data, labels, store, spec, alphas, load=False)
     sel = cfg.get("selection") or {}
     device = resolve_device(sel.get("device", "auto"), cfg.trainer.get("accelerator"))
     rows = StoreRows(store, [GradientPassModule.part(j) for j in range(1, len(alphas) + 1)], "g", device=device)
     log.info("gradients: [P, N, d] = %s %s on disk, selecting on %s%s", list(rows.shape),
              str(rows.dtype).removeprefix("torch."), device, " (resident)" if rows.resident is not None else "")
-    return rows, task.projected_target(pair, projector), store.root.name
+    return rows, spec.target, store.root.name
 
 
 def to_plain(cfg) -> dict:

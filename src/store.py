@@ -34,6 +34,9 @@ from safetensors.torch import save
 
 from src.cache import atomic_write_bytes, atomic_write_json, file_sha256
 
+# The dtypes a gradient store may hold (``gradient.store_dtype``): float16/bfloat16 halve it.
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 log = logging.getLogger(__name__)
 
 LAYOUT = 2  # 1: one meta.json holding every shard's record; 2: per-shard sidecars

@@ -13,26 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from src.tasks.collate import TextCollate
+
 log = logging.getLogger(__name__)
-
-
-def text_collate(tokenizer, max_length: int):
-    """Items are (text, label-or-None) pairs; labels, when present, go in ``batch["labels"]``."""
-
-    def collate(items):
-        enc = tokenizer([t for t, _ in items], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        if items and items[0][1] is not None:
-            enc["labels"] = torch.as_tensor([int(y) for _, y in items])
-        return dict(enc)
-
-    return collate
 
 
 def make_loader(tokenizer, texts, labels=None, *, batch_size: int, max_length: int,
                 shuffle: bool = False, seed: int = 0) -> DataLoader:
     items = list(zip(texts, labels if labels is not None else [None] * len(texts)))
-    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=text_collate(tokenizer, max_length),
+    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=TextCollate(tokenizer, max_length),
                       generator=torch.Generator().manual_seed(seed))
 
 
@@ -159,8 +148,9 @@ def length_order(items: list, length: Callable) -> tuple[list[int], torch.Tensor
 
 
 def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_size: int, trainer_cfg,
-                length: Callable = lambda item: len(item[0])) -> dict:
-    """Apply ``fn`` to every batch of ``items`` and concatenate its outputs, in input order."""
+                length: Callable = lambda item: len(item[0]), reduce: str = "cat") -> dict:
+    """Apply ``fn`` to every batch of ``items`` and concatenate its per-item outputs, in input order
+    (``reduce="sum"``: ``fn`` returns per-batch totals, summed over the batches)."""
     if len(items) == 0:
         return {}
     model.eval()
@@ -169,13 +159,15 @@ def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_si
     # One device, predictions returned in order; a multi-device pass would write per-rank shards instead.
     trainer = build_trainer(trainer_cfg, devices=1, strategy="auto", num_nodes=1)
     outs = trainer.predict(ForwardModule(model, fn), loader)
+    if reduce == "sum":
+        return {k: sum(o[k] for o in outs) for k in outs[0]}
     return {k: torch.cat([o[k] for o in outs])[inverse] for k in outs[0]}
 
 
 def predict(model, tokenizer, texts, fn: Callable, *, batch_size: int, max_length: int, trainer_cfg, labels=None):
     """``run_predict`` over plain texts (and optional integer labels)."""
     items = list(zip(texts, [int(y) for y in labels] if labels is not None else [None] * len(texts)))
-    return run_predict(model, items, text_collate(tokenizer, max_length), fn, batch_size=batch_size,
+    return run_predict(model, items, TextCollate(tokenizer, max_length), fn, batch_size=batch_size,
                        trainer_cfg=trainer_cfg)
 
 

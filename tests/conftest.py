@@ -6,9 +6,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+# Models that are made once and keyed by what made them (the tiny base LMs) are shared by the whole
+# session, subprocesses included; every other stage caches per test, in the test's own cache_dir.
+os.environ.setdefault("W2D_MODEL_CACHE_DIR", tempfile.mkdtemp(prefix="w2d-test-models-"))
+
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from src.config import CONF_DIR, compose_config  # noqa: E402
 
@@ -24,6 +31,11 @@ TINY = [
 ]
 
 
+# The embedded base LM shrunk to seconds of pretraining, for the causal-LM tasks' tests.
+TINY_BASE_LM = ["model=wordnet_lm", "base_lm.n_embd=16", "base_lm.n_layer=1", "base_lm.n_head=2",
+                "base_lm.vocab_size=300", "base_lm.max_steps=5", "base_lm.max_texts=300"]
+
+
 def compose_cfg(overrides=(), tmp_path=None):
     extra = [f"cache_dir={tmp_path / 'cache'}"] if tmp_path is not None else []
     return compose_config([*TINY, *extra, *overrides])
@@ -35,3 +47,23 @@ def tiny_cfg(tmp_path):
         return compose_cfg(overrides, tmp_path)
 
     return make
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the numel of the largest tensor any torch op allocates while active (views of an
+    op's inputs, e.g. W.t() inside F.linear, share their storage and are not counted); with
+    ``dtypes``, only tensors of those dtypes count."""
+
+    def __init__(self, dtypes=None):
+        super().__init__()
+        self.largest, self.dtypes = 0, dtypes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        inputs = {x.untyped_storage().data_ptr() for x in leaves if isinstance(x, torch.Tensor)}
+        for o in torch.utils._pytree.tree_leaves(out):
+            if (isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() not in inputs
+                    and (self.dtypes is None or o.dtype in self.dtypes)):
+                self.largest = max(self.largest, o.numel())
+        return out

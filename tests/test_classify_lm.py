@@ -1,33 +1,34 @@
-"""Label-word classification through the LM head: label tokens, gradients vs the dense
-reference (raw and preconditioned), the projected target, and the pipeline end to end."""
+"""Label-word classification through the LM head: label tokens, gradients vs the dense reference (raw,
+preconditioned, dense map), the projected target, cache keys with a given θf, and the pipeline end to end."""
+import logging
+
 import pytest
 import torch
 
 from src.errors import UserError
-from src.gradients import label_word as lw
 from src.pipeline import run
-from src.stages import autolabel, gradients, load_data, load_models
+from src.reference import naive_lm_head_grads
+from src.stages import autolabel, gradient_rows, gradients, load_data, load_models
 from src.tasks import get_task
 from src.tasks.classify_lm import default_label_word
+from tests.conftest import TINY_BASE_LM, compose_cfg
 
-TINY_CLM = ["task=classify_lm", "model=wordnet_lm", "dataset.n_train=40", "dataset.n_test=24", "dataset.n_val=16",
+TINY_CLM = ["task=classify_lm", *TINY_BASE_LM, "dataset.n_train=40", "dataset.n_test=24", "dataset.n_val=16",
             "seed.max_examples=60", "finetune.epochs=1", "retrain.epochs=2", "d=16", "P=2",
-            "classify_lm.precondition_rows=32",
-            "base_lm.n_embd=16", "base_lm.n_layer=1", "base_lm.n_head=2", "base_lm.vocab_size=300",
-            "base_lm.max_steps=5", "base_lm.max_texts=300"]
+            "gradient.precondition_rows=32"]
 
 
-@pytest.fixture
-def clm_cfg(tiny_cfg):
-    return lambda *o: tiny_cfg(*TINY_CLM, *o)
+@pytest.fixture(scope="module")
+def clm_cfg(tmp_path_factory):
+    # One cache per module: θf and autolabels are built once and reused by every test here.
+    cache = tmp_path_factory.mktemp("clm")
+    return lambda *o: compose_cfg([*TINY_CLM, *o], cache)
 
 
-@pytest.fixture
-def clm_setup(clm_cfg):
-    cfg = clm_cfg()
-    task = get_task(cfg)
+def setup(cfg):
     data = load_data(cfg)
-    return cfg, task, data, load_models(cfg, data, task)
+    task = get_task(cfg, data.task.classes)
+    return task, data, load_models(cfg, data, task)
 
 
 def test_default_label_words_come_from_class_names():
@@ -38,61 +39,104 @@ def test_default_label_words_come_from_class_names():
 
 def test_label_words_must_have_distinct_first_tokens(clm_cfg):
     cfg = clm_cfg("dataset.label_words=[' animal',' animal',' food',' object']")
-    task = get_task(cfg)
+    data = load_data(cfg)
     with pytest.raises(UserError, match="share a first token"):
-        task.build_base(load_data(cfg).task)
+        get_task(cfg, data.task.classes).build_base(data.task)
 
 
 def test_label_words_count_must_match_classes(clm_cfg):
     cfg = clm_cfg("dataset.label_words=[' animal',' plant']")
     with pytest.raises(UserError, match="2 words for 4 classes"):
-        get_task(cfg).build_base(load_data(cfg).task)
+        get_task(cfg, load_data(cfg).task.classes)
+
+
+def answer_batch(spec, data, labels, n):
+    return spec.collate(spec.items(data.seed, labels, range(n)))
 
 
 @pytest.mark.parametrize("precondition", ["none", "adafactor"])
 def test_projected_gradients_equal_dense_reference(clm_cfg, precondition):
-    cfg = clm_cfg(f"classify_lm.precondition={precondition}")
-    task = get_task(cfg)
-    data = load_data(cfg)
-    pair = load_models(cfg, data, task)
+    cfg = clm_cfg(f"gradient.precondition={precondition}")
+    task, data, pair = setup(cfg)
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
     assert G.shape == (2, 60, 16) and t.shape == (16,)
-    proj = task.make_projector(pair)
+    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0])
     model = pair.load(1.0)  # checkpoint P = θf
-    items = [(data.seed["text"][i], int(labels["labels"][i])) for i in range(5)]
-    batch = task.collate(pair.tokenizer)(items)
-    dense = lw.naive_label_word_grads(model, batch, model.lm_head, task.label_tokens[batch["labels"]])
+    batch = answer_batch(spec, data, labels, 5)
+    assert (batch["attention_mask"].sum(1) - batch["prompt_lengths"]).tolist() == [1] * 5  # a one-token response
+    tokens = task.label_tokens(pair.tokenizer)
+    last = batch["input_ids"][torch.arange(5), batch["attention_mask"].sum(1) - 1]
+    assert last.tolist() == tokens[labels["labels"][:5]].tolist()  # ... the autolabel's label word
+    dense = naive_lm_head_grads(model, batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+    assert spec.factors is None if precondition == "none" else spec.factors is not None
     if precondition == "adafactor":  # G/√v̂ with v̂ ∝ r cᵀ (the constant √Σr drops out of every cosine)
-        r, c = task.factors
+        r, c = spec.factors
         dense = dense / (r.double().clamp_min(float(r.max()) * 1e-12 + 1e-30).sqrt()[:, None]
                          * c.double().clamp_min(float(c.max()) * 1e-12 + 1e-30).sqrt()[None, :])
-    torch.testing.assert_close(G[-1, :5].double(), proj.project_matrix(dense), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(G[-1, :5].double(), spec.projector.project_matrix(dense), rtol=1e-3, atol=1e-6)
     delta = pair.statef["lm_head.weight"].double() - pair.state0["lm_head.weight"].double()
-    torch.testing.assert_close(t.double(), -proj.project_matrix(delta[None])[0], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(t.double(), -spec.projector.project_matrix(delta[None])[0], rtol=1e-4, atol=1e-7)
 
 
-def test_second_moment_factors_are_row_and_column_means_of_squared_gradients():
+def test_second_moments_are_row_and_column_means_of_squared_gradients():
+    from src.gradients.last_layer import Positions, errors, second_moments
+
     g = torch.Generator().manual_seed(0)
-    err, h = torch.randn(7, 5, generator=g), torch.randn(7, 3, generator=g)
+    W, h = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(7, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,), generator=g)
+    err = errors(h, y, W, None)
     sq = (err[:, :, None] * h[:, None, :]) ** 2                 # [n, V, H]
-    r, c = lw.second_moment_factors([err[:4], err[4:]], [h[:4], h[4:]])
-    torch.testing.assert_close(r, sq.mean(0).sum(1))
-    torch.testing.assert_close(c, sq.mean(0).sum(0))
+    r, c, m = second_moments(Positions(h, y, torch.arange(7), 7), W, None, max_chunk_elems=10)  # chunked
+    assert m == 7
+    torch.testing.assert_close(r / m, sq.mean(0).sum(1))
+    torch.testing.assert_close(c / m, sq.mean(0).sum(0))
 
 
 def test_dense_projection_option_matches_its_own_matrix(clm_cfg):
-    cfg = clm_cfg("classify_lm.projection=dense", "classify_lm.precondition=none", "P=1")
-    task = get_task(cfg)
-    data = load_data(cfg)
-    pair = load_models(cfg, data, task)
+    cfg = clm_cfg("gradient.projection=dense", "gradient.precondition=none", "P=1")
+    task, data, pair = setup(cfg)
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
-    proj = task.make_projector(pair)
-    model = pair.load(1.0)
-    batch = task.collate(pair.tokenizer)([(data.seed["text"][i], int(labels["labels"][i])) for i in range(3)])
-    dense = lw.naive_label_word_grads(model, batch, model.lm_head, task.label_tokens[batch["labels"]])
-    torch.testing.assert_close(G[0, :3].double(), dense.flatten(1) @ proj.matrix().double().T, rtol=1e-3, atol=1e-6)
+    spec = task.gradient_spec(pair, data.seed, labels, [1.0])
+    batch = answer_batch(spec, data, labels, 3)
+    dense = naive_lm_head_grads(pair.load(1.0), batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+    torch.testing.assert_close(G[0, :3].double(), dense.flatten(1) @ spec.projector.matrix().double().T,
+                               rtol=1e-3, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def given_thetaf(clm_cfg, tmp_path_factory):
+    """θf as a user hands it over: a saved folder (the experiment's θf, finetuned once)."""
+    cfg = clm_cfg()
+    _, _, pair = setup(cfg)
+    folder = tmp_path_factory.mktemp("thetaf") / "thetaf"
+    pair.load(1.0).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("change", [["dataset.label_words=[' animal',' plant',' food',' thing']"],
+                                    ["classify_lm.prompt='Definition: {text}\\nTopic:'", "dataset.lm_prompt=null"],
+                                    ["dataset.lm_prompt='{text}\\nCategory:'"]])
+def test_with_a_given_thetaf_label_words_and_prompt_key_autolabels_and_gradients(clm_cfg, given_thetaf, change,
+                                                                                 caplog):
+    def stages(*o):
+        cfg = clm_cfg(f"model.finetuned={given_thetaf}", "P=1", *o)
+        task, data, pair = setup(cfg)
+        labels = autolabel(cfg, pair, data, task)
+        _, _, store = gradient_rows(cfg, pair, data, labels, task)
+        return labels, store
+
+    base_labels, base_store = stages()
+    with caplog.at_level(logging.INFO):
+        labels, store = stages(*change)
+    assert "autolabel: reusing" not in caplog.text and "0 of 1 shards computed" not in caplog.text
+    assert labels["key"] != base_labels["key"] and store != base_store
+    assert not torch.equal(labels["logp_f"], base_labels["logp_f"])  # really recomputed with the new words/prompt
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again, store_again = stages()  # the original settings still find their own cache
+    assert "autolabel: reusing" in caplog.text and again["key"] == base_labels["key"] and store_again == base_store
 
 
 def test_classify_lm_end_to_end(clm_cfg, tmp_path):

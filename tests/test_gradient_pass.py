@@ -7,12 +7,10 @@ import logging
 import pytest
 import torch
 from conftest import compose_cfg
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from src.stages import autolabel, gradients, load_data, load_models
+from src.stages import autolabel, gradients, load_models, load_task_data
 from src.store import ShardStore
-from src.tasks import get_task
 
 SHARD = ["gradient.shard_size=8"]  # 60 seed rows -> 8 shards per checkpoint, 16 work items at P=2
 
@@ -22,8 +20,7 @@ def setup(tmp_path_factory):
     """θ0/θf, autolabels and the single-process reference matrix, shared by the tests here."""
     tmp = tmp_path_factory.mktemp("pass")
     cfg = compose_cfg(SHARD, tmp)
-    task = get_task(cfg)
-    data = load_data(cfg)
+    data, task = load_task_data(cfg)
     pair = load_models(cfg, data, task)
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
@@ -92,11 +89,11 @@ def test_duplicated_work_items_are_skipped_not_recomputed(setup, tmp_path):
     from src.training import build_trainer
 
     cfg, task, data, pair, labels, G = setup
-    projector = instantiate(cfg.projector)(in_dim=task.gradient_dim(pair), d=cfg.d)  # as stages.gradients
+    spec = task.gradient_spec(pair, data.seed, labels, checkpoint_alphas(cfg.P))  # as stages.gradients
     store = ShardStore(tmp_path / "dup", {"test": "dup"}, n_rows=len(data.seed), shard_size=8)
     items = plan(store, cfg.P)
     assert len(items) == 16
-    module = GradientPassModule(pair, checkpoint_alphas(cfg.P), store, task, data.seed, labels, projector,
+    module = GradientPassModule(pair, checkpoint_alphas(cfg.P), store, spec, data.seed, labels,
                                 batch_size=cfg.gradient.batch_size)
     # What a padding sampler would do: every item twice (here in the same process, one after another).
     loader = DataLoader(items + items, batch_size=1, collate_fn=_first)
@@ -114,7 +111,7 @@ def test_mixed_precision_forward_and_half_store_on_cpu(setup, tmp_path):
     G2, _ = gradients(low, pair, data, labels, task)
     assert G2.dtype == torch.float16 and G2.shape == G.shape
     recs = _sidecars(tmp_path / "bf16")
-    assert {r["dtypes"]["g"] for r in recs} == {"float16"} and {r["dtypes"]["logits"] for r in recs} == {"float32"}
+    assert {r["dtypes"]["g"] for r in recs} == {"float16"} and {r["dtypes"]["sq"] for r in recs} == {"float32"}
     err = (G2.float() - G).flatten(1).norm(dim=1) / G.flatten(1).norm(dim=1)
     assert float(err.max()) < 0.05  # bf16 activations: close to, not equal to, the float32 pass
     assert not torch.equal(G2.float(), G.half().float())  # the forward really ran in bf16

@@ -3,10 +3,10 @@ and the fast projected pass == naive gradients through the dense projection matr
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from src.gradients.classification import head_inputs, projected_head_grads_fn, projected_target
-from src.gradients.head import flat_head, head_grads, head_grads_vmap, naive_head_grads
+from src.gradients.last_layer import flat_layer, pooled_positions, projected_grads, projected_target
 from src.gradients.projectors import GaussianProjector
-from src.models import ModelPair, resolve_path
+from src.models import resolve_path
+from src.reference import dense_layer_grads, head_grads_vmap, naive_head_grads
 
 TEXTS = ["a small domesticated carnivorous mammal", "an edible fruit with a hard shell",
          "a tool used for cutting wood", "a tall perennial woody plant"]
@@ -24,14 +24,19 @@ def encode(texts):
     return tok, tok(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
 
 
+def positions(model, batch, labels):
+    return pooled_positions(model, {**dict(batch), "labels": labels}, "classifier")
+
+
 def test_closed_form_equals_vmap_equals_naive():
     model = tiny_model()
     tok, batch = encode(TEXTS)
     labels = torch.tensor([0, 2, 1, 2])
-    h, logits = head_inputs(model, "classifier", dict(batch))
-    torch.testing.assert_close(logits, model(**batch).logits.float(), rtol=1e-5, atol=1e-5)
-    fast = head_grads(h.double(), logits.double(), labels)
-    via_vmap = head_grads_vmap(model.classifier, h.double(), labels)
+    pos = positions(model, batch, labels)
+    logits = torch.nn.functional.linear(pos.h, model.classifier.weight, model.classifier.bias)
+    torch.testing.assert_close(logits, model(**batch).logits, rtol=1e-10, atol=1e-10)
+    fast = dense_layer_grads(pos, model.classifier.weight, model.classifier.bias, with_bias=True)
+    via_vmap = head_grads_vmap(model.classifier, pos.h.double(), labels)
     singles = [dict(tok([t], truncation=True, max_length=16, return_tensors="pt")) for t in TEXTS]
     naive = naive_head_grads(model, model.classifier, singles, labels)
     assert fast.shape == (4, 3 * 17)
@@ -44,18 +49,19 @@ def test_fast_projected_pass_equals_dense_reference():
     tok, batch = encode(TEXTS)
     labels = torch.tensor([1, 1, 0, 2])
     proj = GaussianProjector(3 * 17, 8, seed=4)
-    out = projected_head_grads_fn("classifier", proj, bias=True)(model, {**batch, "labels": labels})
+    out = projected_grads(positions(model, batch, labels), model.classifier.weight, model.classifier.bias, proj,
+                          with_bias=True)
     singles = [dict(tok([t], truncation=True, max_length=16, return_tensors="pt")) for t in TEXTS]
     naive = naive_head_grads(model, model.classifier, singles, labels)
-    torch.testing.assert_close(out["g"].double(), naive @ proj.matrix().double().T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), naive @ proj.matrix().double().T, rtol=1e-5, atol=1e-5)
 
 
 def test_target_is_minus_projected_head_delta():
     m0, mf = tiny_model(seed=0), tiny_model(seed=1)
-    pair = ModelPair(m0, None, m0.state_dict(), mf.state_dict(), "classifier", "k")
     proj = GaussianProjector(3 * 17, 8, seed=0)
-    delta = flat_head(mf.classifier.weight - m0.classifier.weight, mf.classifier.bias - m0.classifier.bias)
-    torch.testing.assert_close(projected_target(pair, proj), -(proj.matrix() @ delta.float()), rtol=1e-5, atol=1e-6)
+    delta = flat_layer(mf.classifier.weight - m0.classifier.weight, mf.classifier.bias - m0.classifier.bias)
+    torch.testing.assert_close(projected_target(m0.state_dict(), mf.state_dict(), "classifier", proj, with_bias=True),
+                               -(proj.matrix() @ delta.float()), rtol=1e-5, atol=1e-6)
 
 
 def test_descent_on_one_example_moves_head_against_its_gradient():
@@ -64,11 +70,10 @@ def test_descent_on_one_example_moves_head_against_its_gradient():
     model = tiny_model().float()
     tok, batch = encode(TEXTS[:1])
     y = torch.tensor([2])
-    h, logits = head_inputs(model, "classifier", dict(batch))
-    g = head_grads(h, logits, y)[0]
-    before = flat_head(model.classifier.weight, model.classifier.bias).detach().clone()
+    g = dense_layer_grads(positions(model, batch, y), model.classifier.weight, model.classifier.bias, True)[0].float()
+    before = flat_layer(model.classifier.weight, model.classifier.bias).detach().clone()
     opt = torch.optim.SGD(model.classifier.parameters(), lr=0.1)
     torch.nn.functional.cross_entropy(model(**batch).logits, y).backward()
     opt.step()
-    delta = flat_head(model.classifier.weight, model.classifier.bias).detach() - before
+    delta = flat_layer(model.classifier.weight, model.classifier.bias).detach() - before
     torch.testing.assert_close(delta, -0.1 * g, rtol=1e-4, atol=1e-6)

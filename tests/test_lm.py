@@ -7,20 +7,17 @@ import pytest
 import torch
 
 from src.errors import UserError
-from src.gradients.lm_head import naive_lm_head_grads
 from src.pipeline import run
+from src.reference import naive_lm_head_grads
 from src.stages import autolabel, gradients, load_data, load_models
 from src.tasks import get_task
-from src.tasks.lm import document_collate
-from src.tasks.sft import response_nll
-from tests.conftest import compose_cfg
+from src.tasks.causal import response_nll
+from tests.conftest import TINY_BASE_LM, compose_cfg
 
 # A tiny base LM (pretrained for a few steps on a few hundred texts) so the whole path runs in seconds.
-TINY_LM = ["task=lm", "model=wordnet_lm", "dataset=wordnet_documents", "seed=wordnet_documents",
+TINY_LM = ["task=lm", *TINY_BASE_LM, "dataset=wordnet_documents", "seed=wordnet_documents",
            "finetune=sft", "retrain=sft", "dataset.n_train=40", "dataset.n_test=24", "seed.max_examples=60",
-           "finetune.epochs=1", "retrain.epochs=1",
-           "base_lm.n_embd=16", "base_lm.n_layer=1", "base_lm.n_head=2", "base_lm.vocab_size=300",
-           "base_lm.max_steps=5", "base_lm.max_texts=300"]
+           "finetune.epochs=1", "retrain.epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +30,8 @@ def lm_cfg(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm_setup(lm_cfg):
     cfg = lm_cfg()
-    task = get_task(cfg)
     data = load_data(cfg)
+    task = get_task(cfg, data.task.classes)
     return cfg, task, data, load_models(cfg, data, task)
 
 
@@ -52,7 +49,7 @@ def test_every_token_counts_after_bos(lm_setup):
     cfg, task, data, pair = lm_setup
     tok = pair.tokenizer
     docs = ["oak (noun.plant): a tree", "cat (noun.animal): a small domesticated feline"]
-    batch = document_collate(tok, cfg.model.max_length)([(d,) for d in docs])
+    batch = task.collate(tok)(task.training_items({"text": docs}, tok))
     assert batch["prompt_lengths"].tolist() == [1, 1]                     # the BOS only
     assert (batch["input_ids"][:, 0] == tok.bos_token_id).all()
     _, n = response_nll(pair.model, batch)
@@ -99,12 +96,12 @@ def test_lm_gradients_equal_dense_every_token_reference(lm_setup):
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
     assert G.shape == (2, 60, 16) and t.shape == (16,)
-    proj = task.make_projector(pair)
+    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0])
+    proj = spec.projector
     for j, alpha in ((0, 0.5), (1, 1.0)):  # both synthetic checkpoints θ̂_1, θ̂_2
         model = pair.load(alpha)
-        batch = document_collate(pair.tokenizer, cfg.model.max_length)([(d,) for d in data.seed["text"][:4]])
-        dense = naive_lm_head_grads(model, batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"],
-                                    head_name="lm_head")
+        batch = spec.collate(spec.items(data.seed, labels, range(4)))
+        dense = naive_lm_head_grads(model, batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
         torch.testing.assert_close(G[j, :4], proj.project_matrix(dense).float(), rtol=1e-4, atol=1e-6)
     # The target is −P(θf − θ0) on the head.
     delta = pair.statef["lm_head.weight"] - pair.state0["lm_head.weight"]
@@ -120,10 +117,11 @@ def test_dense_reference_with_prompt_length_0_is_the_plain_causal_lm_gradient():
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32,
                                        tie_word_embeddings=False)).double().eval()
     ids = torch.randint(0, 50, (1, 12))
-    dense = naive_lm_head_grads(model, ids, None, [0])[0]
+    dense = naive_lm_head_grads(model, ids, None, [0], reduction="mean")[0]
     model.zero_grad()
     model(input_ids=ids, labels=ids).loss.backward()  # mean over the 11 predicted tokens
     torch.testing.assert_close(dense, model.lm_head.weight.grad)
+    torch.testing.assert_close(naive_lm_head_grads(model, ids, None, [0])[0], 11 * model.lm_head.weight.grad)
 
 
 def test_lm_end_to_end_reports_perplexity_for_every_selector(lm_cfg, tmp_path):

@@ -7,16 +7,14 @@ from omegaconf import OmegaConf
 from src.config import compose_config
 from src.lm.base_lm import ensure_base_lm
 from src.pipeline import run
-from tests.conftest import compose_cfg
-from tests.test_classify_lm import TINY_CLM
+from tests.conftest import TINY_BASE_LM, compose_cfg
 
 
 def tiny_gpt2(tmp_path) -> list[str]:
     """Overrides that swap the paper's GPT-2 for a tiny random one of the same architecture (with the
     tiny base LM's byte-level BPE tokenizer, since GPT-2's own needs the hub) and shrink the run."""
-    tiny_lm = [o for o in TINY_CLM if o.startswith("base_lm.")]
-    base = compose_cfg(tiny_lm, tmp_path)
-    tokenizer = ensure_base_lm(OmegaConf.to_container(base.base_lm, resolve=True), tmp_path / "cache")
+    base = compose_cfg(TINY_BASE_LM, tmp_path)
+    tokenizer = ensure_base_lm(OmegaConf.to_container(base.base_lm, resolve=True), base.model_cache_dir)
     return ["model.name_or_path=random:gpt2", f"model.tokenizer={tokenizer}", "model.max_length=48",
             "+model.config={n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}", "dataset.n_train=40",
             "dataset.n_test=24", "dataset.n_val=16", "seed.max_examples=60", "retrain.epochs=2", "finetune.epochs=1"]

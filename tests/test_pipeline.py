@@ -72,26 +72,23 @@ def test_finetuned_model_with_other_shapes_is_rejected(tiny_cfg, tmp_path):
 
 
 def test_given_finetuned_model_is_used_as_theta_f(tiny_cfg, tmp_path):
-    from src.stages import load_data, load_models
-    from src.tasks import get_task
+    from src.stages import load_models, load_task_data
 
     cfg = tiny_cfg()
-    data = load_data(cfg)
-    pair = load_models(cfg, data, get_task(cfg))  # θf made by finetuning
+    data, task = load_task_data(cfg)
+    pair = load_models(cfg, data, task)  # θf made by finetuning
     pair.load(1.0).save_pretrained(tmp_path / "thetaf")
     cfg2 = tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}")
-    given = load_models(cfg2, data, get_task(cfg2))
+    given = load_models(cfg2, data, load_task_data(cfg2)[1])
     for k, v in pair.statef.items():
         torch.testing.assert_close(given.statef[k], v)
 
 
 def test_gradient_stage_resumes_and_never_reuses_a_corrupt_shard(tiny_cfg, tmp_path, caplog):
-    from src.stages import autolabel, gradients, load_data, load_models
-    from src.tasks import get_task
+    from src.stages import autolabel, gradients, load_models, load_task_data
 
     cfg = tiny_cfg()
-    task = get_task(cfg)
-    data = load_data(cfg)
+    data, task = load_task_data(cfg)
     pair = load_models(cfg, data, task)
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)

@@ -102,19 +102,20 @@ def test_select_epoch_is_validated(tiny_cfg):
     validate(OmegaConf.merge(tiny_cfg(), {"retrain": {"select_epoch": "test"}}))
 
 
-def test_sft_with_a_seed_corpus_without_prompts_fails_in_one_line(tmp_path):
-    """`task=sft seed=nq` used to die on a missing 'prompt' column; a plain-text local seed file stands in for NQ."""
-    import subprocess
-    import sys
+def test_sft_with_a_seed_corpus_without_prompts_fails_in_one_line(tiny_cfg, tmp_path):
+    """`task=sft seed=nq` used to die on a missing 'prompt' column; a plain-text local seed file stands in for NQ.
+    (The command line prints a UserError as one ``error:`` line: tests/test_entrypoint.py.)"""
+    from src.errors import UserError
+    from src.pipeline import run
 
     seed = tmp_path / "passages.jsonl"
     seed.write_text("".join(f'{{"answer": "passage number {i}"}}\n' for i in range(30)))
-    out = subprocess.run([sys.executable, "-m", "src.main", "task=sft", "logger=none", "seed=local",
-                          f"seed.path={seed}", "seed.text_field=answer", f"cache_dir={tmp_path}/c",
-                          f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr[-2000:]
-    err = out.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: task=sft needs seed rows with ['prompt']") and "prompt_template" in err
+    cfg = tiny_cfg("task=sft", "seed=local", f"seed.path={seed}", "seed.text_field=answer")
+    with pytest.raises(UserError) as e:
+        run(cfg, tmp_path / "run")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("task=sft needs seed rows with ['prompt']") and "prompt_template" in msg
+    assert not (tmp_path / "cache" / "thetaf").exists()
 
 
 def test_validation_size_may_be_a_fraction_of_train():

@@ -7,8 +7,7 @@ import torch
 from src.config import compose_config
 from src.errors import UserError
 from src.pipeline import run
-from src.stages import load_data, load_models
-from src.tasks import get_task
+from src.stages import load_models, load_task_data
 from tests.conftest import TINY
 from tests.test_sft import TINY_SFT
 
@@ -32,7 +31,7 @@ def read_selection(run_dir, name, fmt="parquet"):
 def test_recover_from_a_model_folder_picks_what_the_experiment_picks(tiny_cfg, tmp_path):
     cfg = tiny_cfg("seed.exclude_true=false", "baselines=[topk,expert]")
     exp = run(cfg, tmp_path / "exp")
-    pair = load_models(cfg, load_data(cfg), get_task(cfg))  # the experiment's θf, from the cache
+    pair = load_models(cfg, *load_task_data(cfg))  # the experiment's θf, from the cache
     pair.load(1.0).save_pretrained(tmp_path / "thetaf")
 
     rec = run(recover_cfg(tmp_path, f"model.finetuned={tmp_path / 'thetaf'}", "seed.exclude_true=false",
@@ -64,7 +63,7 @@ def test_recover_from_a_model_folder_picks_what_the_experiment_picks(tiny_cfg, t
 
 def test_recover_with_a_dataset_also_evaluates(tmp_path, tiny_cfg):
     cfg = tiny_cfg("baselines=[]")
-    pair = load_models(cfg, load_data(cfg), get_task(cfg))
+    pair = load_models(cfg, *load_task_data(cfg))
     pair.load(1.0).save_pretrained(tmp_path / "thetaf")
     res = run(recover_cfg(tmp_path, f"model.finetuned={tmp_path / 'thetaf'}", "dataset=wordnet_topics",
                           "dataset.n_train=40", "dataset.n_test=24"), tmp_path / "rec")
@@ -83,8 +82,7 @@ def _lora(model, targets, path, seed=0):
 
 def test_recover_from_a_lora_adapter_of_the_embedded_lm(tiny_cfg, tmp_path):
     cfg = tiny_cfg(*TINY_SFT, "seed.exclude_true=false", "baselines=[topk]")
-    task = get_task(cfg)
-    data = load_data(cfg)
+    data, task = load_task_data(cfg)
     model, _ = task.build_base(data.task)  # θ0: the (tiny) embedded LM
     peft = _lora(model, ["lm_head"], tmp_path / "adapter")
     peft.merge_and_unload().save_pretrained(tmp_path / "merged")  # the same θf as a full folder
@@ -102,8 +100,8 @@ def test_recover_from_a_lora_adapter_of_the_embedded_lm(tiny_cfg, tmp_path):
 
 def test_adapter_that_leaves_the_last_layer_unchanged_fails_at_once(tiny_cfg, tmp_path):
     cfg = tiny_cfg(*TINY_SFT)
-    task = get_task(cfg)
-    model, _ = task.build_base(load_data(cfg).task)
+    data, task = load_task_data(cfg)
+    model, _ = task.build_base(data.task)
     _lora(model, ["c_attn"], tmp_path / "attn_only")  # attention only: the LM head is untouched
     out = tmp_path / "rec"
     with pytest.raises(UserError) as e:
@@ -130,7 +128,7 @@ def test_recover_from_the_command_line(tiny_cfg, tmp_path):
     from tests.conftest import ROOT
 
     cfg = tiny_cfg()
-    load_models(cfg, load_data(cfg), get_task(cfg)).load(1.0).save_pretrained(tmp_path / "thetaf")
+    load_models(cfg, *load_task_data(cfg)).load(1.0).save_pretrained(tmp_path / "thetaf")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "W2D_CACHE_DIR": str(tmp_path / "cache")}
     p = subprocess.run([sys.executable, "-m", "src.main", *TINY_RECOVER, f"model.finetuned={tmp_path / 'thetaf'}",
                         "baselines=[random]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env,

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from src.selectors.base import SelectionContext
 from src.selectors.greedy import objective_trace
-from src.selectors.select import SelectSelector, greedy_select, greedy_select_naive
+from tests.conftest import LargestTensor
+from src.reference import greedy_select_naive
+from src.selectors.select import SelectSelector, greedy_select
 from src.selectors.topk import TopKSelector, alignment
 
 MODES = ["per_checkpoint", "shared"]
@@ -30,12 +32,17 @@ def test_fast_greedy_equals_reference(mode, reset, normalize):
     torch.testing.assert_close(oa, ob, rtol=1e-9, atol=1e-9)
 
 
-def test_float16_store_is_selected_without_widening_it_whole():
+@pytest.mark.parametrize("center", [False, True])
+def test_float16_store_is_selected_without_widening_it_whole(center):
     G, t = rand(2, 50, 8, seed=1)
     half = G.half()
-    a, _ = greedy_select(half, t, 10, chunk=16)
-    b, _ = greedy_select_naive(half.double(), t, 10)
-    assert half.dtype == torch.float16 and a.tolist() == b.tolist()
+    with LargestTensor(dtypes=(torch.float32, torch.float64)) as seen:
+        a, _ = greedy_select(half, t, 10, chunk=16, center=center)
+    b, _ = greedy_select_naive(half.double(), t, 10, center=center)
+    assert a.tolist() == b.tolist()
+    # Nothing wide the size of the matrix (2·50·8 = 800 numbers) was made: at most one 16-row block
+    # (16·8 = 128) is widened at a time, besides O(P·N) per-row statistics (2·50 = 100).
+    assert seen.largest <= 128, seen.largest
 
 
 @settings(max_examples=40, deadline=None)
@@ -123,11 +130,11 @@ def test_centring_removes_the_shared_direction_and_its_target_component():
     # Every row is ḡ + a small private part; the target is mostly ḡ. Uncentred, every row looks alike
     # to the target; centred, only the private parts (and the target's ⟂ part) are compared.
     G, t = rand(2, 30, 6, seed=12)
-    from src.selectors.select import center_naive
+    from src.reference import center_naive
     Gc, tj = center_naive(G, t[None].expand(2, -1))
     torch.testing.assert_close(Gc.mean(1), torch.zeros(2, 6, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close((tj * G.mean(1)).sum(-1), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
-    from src.selectors.topk import alignment_naive
+    from src.reference import alignment_naive
     for center in (False, True):
         torch.testing.assert_close(alignment(G, t, center=center), alignment_naive(G, t, center=center))
         torch.testing.assert_close(alignment(G, t, chunk=7, center=center), alignment_naive(G, t, center=center))

@@ -11,8 +11,9 @@ import torch
 
 from src.selectors.greedy import greedy, objective_trace, top_scores
 from src.selectors.rows import StoreRows, TensorRows
-from src.selectors.select import greedy_select, greedy_select_naive
-from src.selectors.topk import alignment, alignment_naive
+from src.reference import alignment_naive, greedy_select_naive
+from src.selectors.select import greedy_select
+from src.selectors.topk import alignment
 from src.store import ShardStore
 
 OPTS = [dict(), dict(running_sum="shared"), dict(center=True, normalize=True), dict(reset_every=4, center=True)]

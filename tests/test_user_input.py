@@ -141,3 +141,30 @@ def test_recover_cli_errors_are_one_line_and_leave_earlier_outputs(tmp_path, ear
         assert len(errors) == 1 and msg in errors[0] and "Traceback" not in p.stderr
     after = snapshot(earlier)  # Hydra adds its own .hydra/ and log; every earlier file is as it was
     assert all(after[path] == data for path, data in before.items())
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["checkpoints=foo"], r"checkpoints must be one of \['theta_f', 'theta_0'\], got 'foo'"),
+    (["selector.method=nosuch"], r"method must be one of \['exact', 'stochastic', 'batched'\], got 'nosuch'"),
+    (["selector.running_sum=both"], r"running_sum must be one of"),
+    (["gradient.store_dtype=int8"], r"gradient.store_dtype must be one of"),
+    (["selection.precision=half"], r"selection.precision must be one of"),
+    (["seed.leak_fraction=1.5"], r"leak_fraction must be in \[0, 1\]"),
+    (["task=classify_lm", "gradient.precondition=adam"], r"gradient.precondition must be one of"),
+    (["task=sft", "gradient.projection=sparse"], r"gradient.projection must be one of"),
+])
+def test_options_with_fixed_values_fail_before_any_data_or_model(tiny_cfg, tmp_path, earlier, overrides, pattern,
+                                                                  monkeypatch):
+    import src.stages
+
+    def no_data(cfg):
+        raise AssertionError("data was loaded before the options were checked")
+
+    monkeypatch.setattr(src.stages, "load_data", no_data)
+    fails_cleanly(tiny_cfg(*overrides), earlier, pattern, tmp_path)
+
+
+def test_label_word_task_with_an_encoder_model_fails_before_theta_f(tiny_cfg, tmp_path, earlier):
+    # MiniLM is a BERT encoder: loading it as a causal LM would give a fresh random head.
+    fails_cleanly(tiny_cfg("task=classify_lm", "model=minilm"), earlier, r"\(BertModel\) is not a causal LM", tmp_path)
+    assert not (tmp_path / "cache" / "thetaf").exists()

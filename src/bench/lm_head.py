@@ -73,9 +73,9 @@ def _batches(n, bs):
 
 
 def run_path(path: str, n: int, bs: int, d: int, seed: int) -> dict:
-    from src.gradients.lm_head import (hidden_and_logits, naive_lm_head_grads, projected_lm_head_grads,
-                                       response_mask)
+    from src.gradients.last_layer import projected_grads, response_mask, response_positions
     from src.gradients.projectors import FactoredProjector, GaussianProjector
+    from src.reference import naive_lm_head_grads
 
     model = _model()
     W = model.lm_head.weight.detach()
@@ -84,16 +84,14 @@ def run_path(path: str, n: int, bs: int, d: int, seed: int) -> dict:
     dense_proj = GaussianProjector(VOCAB * HIDDEN, d, seed=seed)
 
     def factored(lo, hi):
-        batch = {"input_ids": ids[lo:hi], "attention_mask": am[lo:hi]}
-        mask = response_mask(batch["input_ids"], prompt[lo:hi], batch["attention_mask"])
-        h, _ = hidden_and_logits(model, batch, with_logits=False)
-        return projected_lm_head_grads(h, None, batch["input_ids"], mask, fac, weight=W)
+        batch = {"input_ids": ids[lo:hi], "attention_mask": am[lo:hi], "prompt_lengths": prompt[lo:hi]}
+        return projected_grads(response_positions(model, batch, "lm_head"), W, None, fac)
 
     timings = {"grad_s": 0.0, "project_s": 0.0}
 
     def dense(lo, hi):
         t0 = time.perf_counter()
-        G = naive_lm_head_grads(model, ids[lo:hi], am[lo:hi], prompt[lo:hi])   # [b, V, H] dense
+        G = naive_lm_head_grads(model, ids[lo:hi], am[lo:hi], prompt[lo:hi], dtype=torch.float32)  # [b, V, H] dense
         t1 = time.perf_counter()
         out = dense_proj.project(G.reshape(G.shape[0], -1))
         timings["grad_s"] += t1 - t0
@@ -115,7 +113,7 @@ def run_path(path: str, n: int, bs: int, d: int, seed: int) -> dict:
            "threads": torch.get_num_threads(), **timings}
     if path == "dense":
         # Accuracy of both maps on the first batch's dense gradients (recomputed, not timed).
-        G32 = naive_lm_head_grads(model, ids[:bs], am[:bs], prompt[:bs])
+        G32 = naive_lm_head_grads(model, ids[:bs], am[:bs], prompt[:bs], dtype=torch.float32)
         G = G32.double()
         Gu = G / G.flatten(1).norm(dim=1)[:, None, None]
         exact = Gu.flatten(1) @ Gu.flatten(1).T

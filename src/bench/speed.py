@@ -61,13 +61,11 @@ def _quiet():
 def _minilm(n_seed: int, cache_dir: Path, overrides=()):
     from src.config import compose_config
     from src.models import ModelPair
-    from src.stages import load_data
-    from src.tasks import get_task
+    from src.stages import load_task_data
 
     cfg = compose_config(["logger=none", "trainer.progress_bar=false", f"seed.max_examples={n_seed}",
                           f"cache_dir={cache_dir}", *overrides])
-    task = get_task(cfg)
-    data = load_data(cfg)
+    data, task = load_task_data(cfg)
     model, tok = task.build_base(data.task)
     state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
@@ -85,11 +83,11 @@ def _forward_only(cfg, task, data, pair, labels) -> float:
     from src.gradients.runner import compute_rows
     from src.training import logits_fn
 
+    collate = task.gradient_spec(pair, data.seed, labels, [1.0]).collate
     items = task.gradient_items(data.seed, labels, range(len(data.seed)))
     t0 = time.perf_counter()
     with torch.inference_mode():  # as fast as a plain loop gets (Lightning's predict loop uses it too)
-        compute_rows(pair.model, items, task.gradient_collate(pair.tokenizer), logits_fn, cfg.gradient.batch_size,
-                     torch.device("cpu"))
+        compute_rows(pair.model, items, collate, logits_fn, cfg.gradient.batch_size, torch.device("cpu"))
     return time.perf_counter() - t0
 
 
@@ -104,7 +102,8 @@ def part_a(args) -> dict:
 
         pair.load(0.5)
         warm = task.gradient_items(data.seed, labels, range(min(64, len(data.seed))))  # thread pools, allocator
-        compute_rows(pair.model, warm, task.gradient_collate(pair.tokenizer), logits_fn, 32, torch.device("cpu"))
+        collate = task.gradient_spec(pair, data.seed, labels, [1.0]).collate
+        compute_rows(pair.model, warm, collate, logits_fn, 32, torch.device("cpu"))
         f1 = _forward_only(cfg, task, data, pair, labels)
         t0 = time.perf_counter()
         G, t = gradients(cfg, pair, data, labels, task)
@@ -130,10 +129,8 @@ def part_c(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg, task, data, pair, labels = _minilm(args.n_seed, Path(tmp), [f"P={args.P}", f"d={args.d}",
                                                                          f"gradient.shard_size={args.rss_shard}"])
-        from hydra.utils import instantiate
-
-        projector = instantiate(cfg.projector)(in_dim=task.gradient_dim(pair), d=cfg.d)
         alphas = checkpoint_alphas(cfg.P)
+        spec = task.gradient_spec(pair, data.seed, labels, alphas)
 
         def store(name):
             return ShardStore(Path(tmp) / name, {"bench": name}, n_rows=len(data.seed),
@@ -143,10 +140,10 @@ def part_c(args) -> dict:
         # Warm-up on a store over the first shard's rows only: imports, Lightning, thread pools, caches.
         warm = ShardStore(Path(tmp) / "warm", {"bench": "warm"}, n_rows=min(len(data.seed), cfg.gradient.shard_size),
                           shard_size=cfg.gradient.shard_size)
-        gradient_pass(pair, alphas, warm, task, data.seed, labels, projector, **kw)
+        gradient_pass(pair, alphas, warm, spec, data.seed, labels, **kw)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            n = gradient_pass(pair, alphas, store("main"), task, data.seed, labels, projector, **kw)
+            n = gradient_pass(pair, alphas, store("main"), spec, data.seed, labels, **kw)
             secs = time.perf_counter() - t0
     return {"n": len(data.seed), "shards_computed": n, "seconds": secs, "rss_before": mem.before,
             "peak_growth": mem.growth, "peak_rss": mem.peak, "method":

@@ -9,10 +9,9 @@ rank. With ``trainer.devices=N trainer.strategy=ddp`` (or ``ddp_spawn``) the ran
 items and write disjoint shards; nothing is gathered. Afterwards every process reads the
 finished shards back from disk (``ShardStore.load_stacked``).
 
-Task interface (``src.tasks``), all picklable so ``ddp_spawn`` can ship them to its workers:
-- ``task.gradient_items(seed, autolabels, rows) -> list`` the examples of a row range,
-- ``task.gradient_collate(tokenizer) -> collate(list) -> dict of tensors``,
-- ``task.gradient_fn(pair, projector) -> fn(model, batch) -> {"g": [n, d], ...}``.
+What to compute comes from the task's ``GradientSpec`` (``src.tasks.base``): ``spec.items`` gives
+a shard's examples, ``spec.collate`` batches them and ``spec(model, batch)`` returns their projected
+rows ``{"g": [n, d]}``. The spec pickles, so ``ddp_spawn`` can ship it to its workers.
 
 Precision: the forward runs inside ``predict_step``, so Lightning's precision plugin applies
 (autocast for ``bf16-mixed`` / ``16-mixed``, converted weights for ``*-true``); outputs are
@@ -63,15 +62,14 @@ def compute_rows(model, items: list, collate, fn, batch_size: int, device) -> di
 class GradientPassModule(L.LightningModule):
     """``predict_step((j, i))``: shard i of checkpoint θ̂_j, computed and written by this rank."""
 
-    def __init__(self, pair, alphas: list[float], store: ShardStore, task, seed, autolabels: dict, projector, *,
+    def __init__(self, pair, alphas: list[float], store: ShardStore, spec, seed, autolabels: dict, *,
                  batch_size: int, store_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model = pair.model
-        self.pair, self.alphas, self.store, self.task = pair, list(alphas), store, task
-        self.seed, self.autolabels, self.projector = seed, autolabels, projector
+        self.pair, self.alphas, self.store, self.spec = pair, list(alphas), store, spec
+        self.seed, self.autolabels = seed, autolabels
         self.batch_size, self.store_dtype = int(batch_size), store_dtype
         self.loaded: int | None = None           # checkpoint index j whose weights are in self.model
-        self._fn = self._collate = None          # built per process (closures need not pickle)
         self.stats = {"computed": 0, "skipped": 0, "loads": 0}
 
     @staticmethod
@@ -79,8 +77,6 @@ class GradientPassModule(L.LightningModule):
         return f"ckpt{j}"
 
     def on_predict_start(self):
-        self._fn = self.task.gradient_fn(self.pair, self.projector)
-        self._collate = self.task.gradient_collate(self.pair.tokenizer)
         self.model.eval()
 
     def _load(self, j: int) -> None:
@@ -96,8 +92,8 @@ class GradientPassModule(L.LightningModule):
             self.stats["skipped"] += 1
             return {"part": part, "shard": i, "computed": False}
         self._load(j)
-        items = self.task.gradient_items(self.seed, self.autolabels, self.store.rows(i))
-        out = compute_rows(self.model, items, self._collate, self._fn, self.batch_size, self.device)
+        items = self.spec.items(self.seed, self.autolabels, self.store.rows(i))
+        out = compute_rows(self.model, items, self.spec.collate, self.spec, self.batch_size, self.device)
         out["g"] = out["g"].to(self.store_dtype)
         # ‖g‖² of the stored rows, so selection never needs a widening pass over the matrix for norms.
         out["sq"] = out["g"].double().pow(2).sum(-1).float()
@@ -116,7 +112,7 @@ def plan(store: ShardStore, n_checkpoints: int) -> list[tuple[int, int]]:
     return [(j, i) for j in range(1, n_checkpoints + 1) for i in store.missing(GradientPassModule.part(j))]
 
 
-def gradient_pass(pair, alphas: list[float], store: ShardStore, task, seed, autolabels: dict, projector, *,
+def gradient_pass(pair, alphas: list[float], store: ShardStore, spec, seed, autolabels: dict, *,
                   trainer_cfg, batch_size: int, store_dtype=torch.float32, load: bool = True,
                   load_dtype: torch.dtype | None = None):
     """Fill the store's shards of θ̂_1..θ̂_P in one predict loop; return [P, N, d] (in ``load_dtype``,
@@ -127,7 +123,7 @@ def gradient_pass(pair, alphas: list[float], store: ShardStore, task, seed, auto
     items = plan(store, len(alphas))
     if items:
         t0 = time.perf_counter()
-        module = GradientPassModule(pair, alphas, store, task, seed, autolabels, projector, batch_size=batch_size,
+        module = GradientPassModule(pair, alphas, store, spec, seed, autolabels, batch_size=batch_size,
                                     store_dtype=store_dtype)
         loader = DataLoader(items, batch_size=1, shuffle=False, collate_fn=_first)
         trainer = build_trainer(trainer_cfg, logger=False)

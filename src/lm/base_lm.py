@@ -288,7 +288,8 @@ def generate(folder, prompts, max_new_tokens: int = 40) -> list[str]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Pretrain (or reuse) the project's small causal base LM.")
-    ap.add_argument("--cache-dir", default=os.environ.get("W2D_CACHE_DIR", "outputs/cache"))
+    ap.add_argument("--cache-dir", default=os.environ.get("W2D_MODEL_CACHE_DIR")
+                    or os.environ.get("W2D_CACHE_DIR", "outputs/cache"))
     ap.add_argument("--max-minutes", type=float, help="override max_minutes (changes the cache key); 0 = no time limit, "
                     "so --max-steps alone gives a reproducible model")
     ap.add_argument("--max-steps", type=int, help="override max_steps (changes the cache key)")

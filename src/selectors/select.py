@@ -34,8 +34,8 @@ Choices the paper leaves open are config options (defaults in conf/selector/sele
 ``greedy_select`` is the fast path (math in src/selectors/greedy.py, passes in passes.py): it
 keeps c_j[i] = s_j · G[j, i] and updates it with one matrix–vector product per step (O(P·N·d) a
 step), reading the matrix block by block from memory or the store, on the selection device.
-``greedy_select_naive`` recomputes every candidate's norm from scratch in float64 and is kept as
-the reference the tests compare against.
+``src.reference.greedy_select_naive`` recomputes every candidate's norm from scratch in float64 and
+is the reference the tests compare against.
 """
 from __future__ import annotations
 
@@ -46,37 +46,8 @@ import torch.nn.functional as F
 
 from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector, state_path
-from src.selectors.greedy import greedy
+from src.selectors.greedy import METHODS, MODES, greedy
 from src.selectors.rows import as_rows
-
-_MODES = ("per_checkpoint", "shared")
-
-
-def _prepare(grads, target, normalize, mode, center=False):
-    """float64 G [P, N, d] (averaged over checkpoints for ``shared``, centred, then normalised, as asked)
-    and unit targets t_j [P, d]."""
-    if mode not in _MODES:
-        raise UserError(f"select: running_sum must be one of {_MODES}, got '{mode}'")
-    G = grads.double()
-    if G.dim() == 2:
-        G = G[None]
-    if mode == "shared":
-        G = G.mean(0, keepdim=True)
-    t = target.double()[None].expand(G.shape[0], -1)
-    if center:
-        G, t = center_naive(G, t)
-    if normalize:
-        G = F.normalize(G, dim=-1)
-    return G, F.normalize(t, dim=-1)
-
-
-def center_naive(G: torch.Tensor, t: torch.Tensor):
-    """G − ḡ_j (materialised) and t_j = t − (t·ḡ_j/‖ḡ_j‖²) ḡ_j; t: [P, d] (or [d])."""
-    gbar = G.mean(1)                                                       # [P, d]
-    gg = (gbar * gbar).sum(-1, keepdim=True)
-    coef = torch.where(gg > 0, (gbar * t).sum(-1, keepdim=True) / gg.clamp_min(1e-300), torch.zeros_like(gg))
-    return G - gbar[:, None], t - coef * gbar
-
 
 def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
                   reset_every: int | None = None, normalize: bool = False, center: bool = False, chunk: int = 16384,
@@ -93,26 +64,6 @@ def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "pe
                   center=center, **kw)
 
 
-def greedy_select_naive(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
-                        reset_every: int | None = None, normalize: bool = False, center: bool = False):
-    """Reference: at every step, form s_j + G[j, i] for every candidate and take its cosine directly."""
-    G, t = _prepare(grads, target, normalize, running_sum, center)
-    P, N, d = G.shape
-    s = torch.zeros(P, d, dtype=G.dtype)
-    picks, objective = [], []
-    for step in range(int(k)):
-        if reset_every and step % int(reset_every) == 0:
-            s = torch.zeros(P, d, dtype=G.dtype)
-        score = F.cosine_similarity(s[:, None, :] + G, t[:, None, :], dim=-1, eps=1e-300).mean(0)
-        for m in picks:
-            score[m] = -float("inf")
-        m = int(torch.argmax(score))
-        picks.append(m)
-        objective.append(float(score[m]))
-        s = s + G[:, m]
-    return torch.tensor(picks, dtype=torch.long), torch.tensor(objective, dtype=torch.float64)
-
-
 class SelectSelector(Selector):
     name = "select"
     needs_gradients = True
@@ -120,6 +71,13 @@ class SelectSelector(Selector):
     def __init__(self, running_sum: str = "per_checkpoint", reset_every: int | None = None, normalize: bool = False,
                  center: bool = False, method: str = "exact", epsilon: float = 0.01, batch: int = 100,
                  pool: int = 1000, name: str = "select"):
+        # Checked here, when the job's selectors are built, before any data or model is loaded.
+        if running_sum not in MODES:
+            raise UserError(f"select: running_sum must be one of {list(MODES)}, got '{running_sum}'")
+        if method not in METHODS:
+            raise UserError(f"select: method must be one of {list(METHODS)}, got '{method}'")
+        if not 0 < float(epsilon) < 1:
+            raise UserError(f"select: epsilon must be in (0, 1), got {epsilon}")
         self.name = name  # a variant's config (e.g. select_centered) names its own result row
         self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center,
                        method=method, epsilon=epsilon, batch=batch, pool=pool)

@@ -8,15 +8,13 @@ seed mean at checkpoint j and t_j the target with its component along ḡ_j remo
 
 ``alignment`` is one pass over the matrix when the store carries the rows' squared norms (one
 more to compute them otherwise, one more for ḡ when centring), block by block on the selection
-device (src/selectors/greedy.py); ``alignment_naive`` is the float64 reference.
+device (src/selectors/greedy.py); ``src.reference.alignment_naive`` is the float64 reference.
 """
 import torch
-import torch.nn.functional as F
 
 from src.selectors.base import Selection, SelectionContext, Selector, top_indices
 from src.selectors.greedy import top_scores
 from src.selectors.rows import as_rows
-from src.selectors.select import center_naive
 
 
 def alignment(grads, target: torch.Tensor, chunk: int = 16384, *, center: bool = False, device=None,
@@ -24,15 +22,6 @@ def alignment(grads, target: torch.Tensor, chunk: int = 16384, *, center: bool =
     """[P, N, d] tensor or ``Rows`` source, [d] -> [N] (CPU): mean over checkpoints of cos(g_ij, t)."""
     return top_scores(as_rows(grads, device=device, block_rows=chunk), target, center=center, precision=precision,
                       progress=progress)
-
-
-def alignment_naive(grads: torch.Tensor, target: torch.Tensor, *, center: bool = False) -> torch.Tensor:
-    """Reference: float64, centred copy materialised, cosine taken directly."""
-    G = grads.double() if grads.dim() == 3 else grads.double()[None]
-    t = target.double()[None].expand(G.shape[0], -1)
-    if center:
-        G, t = center_naive(G, t)
-    return F.cosine_similarity(G, t[:, None], dim=-1).mean(0)
 
 
 class TopKSelector(Selector):

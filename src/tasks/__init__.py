@@ -1,12 +1,13 @@
-"""Tasks: what differs between classification, SFT and language modelling, behind one small interface.
+"""Tasks: what differs between classification, label-word classification, SFT and language
+modelling, behind the one interface of ``src.tasks.base.Task``.
 
-A task says what its data holds (``data_kind``: ``labelled``, ``prompt_response`` or
-``documents``, see ``src.data.loading``; ``labelled`` if unset), how to build θ0, train a model
-on examples, autolabel the seed corpus, compute projected last-layer gradients and evaluate.
-Everything else (caching, the gradient store, selectors, OT distance, results) is shared by
-``src.stages`` and ``src.pipeline``. ``get_task(cfg)`` is the registry.
+``TASKS`` is the registry: ``task_class(cfg)`` is a task's class (what its data holds, its own
+option checks) before any data is loaded; ``get_task(cfg, classes)`` the task itself, once the
+classes are known.
 """
 from __future__ import annotations
+
+import importlib
 
 from src.errors import UserError, did_you_mean
 
@@ -15,11 +16,13 @@ TASKS = {"classification": "src.tasks.classification:ClassificationTask",
          "lm": "src.tasks.lm:LMTask"}
 
 
-def get_task(cfg):
+def task_class(cfg):
     name = cfg.task
     if name not in TASKS:
         raise UserError(f"Unknown task '{name}'.{did_you_mean(name, TASKS)}")
     module, cls = TASKS[name].split(":")
-    import importlib
+    return getattr(importlib.import_module(module), cls)
 
-    return getattr(importlib.import_module(module), cls)(cfg)
+
+def get_task(cfg, classes=()):
+    return task_class(cfg)(cfg, classes)

@@ -2,21 +2,25 @@
 the metric is test accuracy."""
 from __future__ import annotations
 
+import functools
+
 import torch
+from hydra.utils import instantiate
 
 from src.errors import UserError
-from src.gradients.classification import projected_head_grads_fn, projected_target
+from src.gradients.last_layer import pooled_positions, projected_target
 from src.models import build_classifier, load_finetuned, load_tokenizer
-from src.training import accuracy, fit_classifier, logits_fn, predict, text_collate
+from src.tasks.base import GradientSpec, Task
+from src.tasks.collate import TextCollate
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     name = "classification"
     data_kind = "labelled"
     metric, higher_is_better = "accuracy", True
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def fields(self) -> dict:
+        return {"classes": self.classes}
 
     # -- models -------------------------------------------------------------------
     def build_base(self, data):
@@ -33,21 +37,20 @@ class ClassificationTask:
         return load_finetuned(path, len(data.classes))
 
     def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False, monitor=None):
+        from src.training import fit_classifier
+
         return fit_classifier(model, tokenizer, examples["text"], examples["label"], ft, self.cfg.trainer,
                               rng=self.cfg.rng, logger=logger, prefix=prefix, monitor=monitor)
 
     # -- examples -----------------------------------------------------------------
-    @staticmethod
-    def true_examples(ds, idx=None) -> dict:
+    def true_examples(self, ds, idx=None) -> dict:
         idx = range(len(ds)) if idx is None else idx
         return {"text": [ds["text"][i] for i in idx], "label": [int(ds["label"][i]) for i in idx]}
 
-    @staticmethod
-    def seed_examples(seed, autolabels: dict, idx) -> dict:
+    def seed_examples(self, seed, autolabels: dict, idx) -> dict:
         return {"text": [seed["text"][i] for i in idx], "label": autolabels["labels"][torch.as_tensor(idx)].tolist()}
 
-    @staticmethod
-    def ot_texts(examples: dict) -> list[str]:
+    def ot_texts(self, examples: dict) -> list[str]:
         return examples["text"]
 
     def composition(self, examples: dict, data) -> dict:
@@ -57,6 +60,8 @@ class ClassificationTask:
 
     # -- autolabel ------------------------------------------------------------------
     def autolabel(self, pair, seed) -> dict:
+        from src.training import logits_fn, predict
+
         texts = seed["text"]
         kw = dict(batch_size=self.cfg.gradient.batch_size, max_length=self.cfg.model.max_length,
                   trainer_cfg=self.cfg.trainer)
@@ -70,27 +75,25 @@ class ClassificationTask:
         return f"class counts on the seed corpus {dict(zip(data.classes, counts))}"
 
     # -- gradients ------------------------------------------------------------------
-    def gradient_dim(self, pair) -> int:
-        return pair.head_delta().numel()
-
-    def gradient_fn(self, pair, projector):
-        return projected_head_grads_fn(pair.head_name, projector, bias=pair.head.bias is not None)
-
-    @staticmethod
-    def gradient_items(seed, autolabels: dict, rows: range) -> list:
+    def gradient_items(self, seed, autolabels: dict, rows: range) -> list:
         """(text, autolabel) for seed rows ``rows``: the work of one gradient shard."""
         texts = seed[rows.start:rows.stop]["text"]
         return list(zip(texts, autolabels["labels"][rows.start:rows.stop].tolist()))
 
-    def gradient_collate(self, tokenizer):
-        return text_collate(tokenizer, self.cfg.model.max_length)
-
-    @staticmethod
-    def projected_target(pair, projector):
-        return projected_target(pair, projector)
+    def gradient_spec(self, pair, seed, autolabels: dict, alphas) -> GradientSpec:
+        """The head's gradient (p − e_y)[h; 1]ᵀ at the pooled input, by a dense JL map (``projector``)."""
+        head = pair.head_name
+        with_bias = pair.head.bias is not None
+        projector = instantiate(self.cfg.projector)(in_dim=pair.head_delta().numel(), d=self.cfg.d)
+        return GradientSpec(items=self.gradient_items, collate=TextCollate(pair.tokenizer, self.cfg.model.max_length),
+                            positions=functools.partial(pooled_positions, head=head), head=head, projector=projector,
+                            target=projected_target(pair.state0, pair.statef, head, projector, with_bias),
+                            with_bias=with_bias, key=self.fields())
 
     # -- evaluation -----------------------------------------------------------------
     def evaluate(self, model, tokenizer, test) -> dict:
+        from src.training import accuracy
+
         acc = accuracy(model, tokenizer, test["text"], test["label"], batch_size=self.cfg.retrain.eval_batch_size,
                        max_length=self.cfg.model.max_length, trainer_cfg=self.cfg.trainer)
         return {"accuracy": acc}

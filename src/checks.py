@@ -1,10 +1,13 @@
-"""Recover mode: θ0, θf and a seed corpus in, the selection out, no true data needed.
+"""Checks of a run's input before anything expensive, in every mode, and what stands in for the true
+data when there is none (``mode=recover``).
 
-``mode=recover`` (conf/mode/recover.yaml) runs the same ``src.pipeline.run`` as an experiment;
-what differs is only that the true data (``dataset``) is optional. Without it the pipeline stops
-after selection (nothing to retrain against or score on); with it, it evaluates exactly as an
-experiment does. This module holds the checks that make a user's input fail at once, before any
-model is loaded, and what stands in for the true data when there is none.
+``validate`` checks every option with a fixed set of values or a range (d, P, k, checkpoints,
+store dtype, selection and gradient options, the task's own) and ``preflight`` what a user names
+(mode, devices, model paths, selectors against the data), so bad input fails in one line before
+any data or model is loaded, and nothing is computed for minutes before a later stage rejects it.
+
+``mode=recover`` (conf/mode/recover.yaml) runs the same ``src.pipeline.run`` as an experiment; the
+true data (``dataset``) is then optional: without it the pipeline stops after selection.
 """
 from __future__ import annotations
 
@@ -16,6 +19,37 @@ from src.errors import UserError
 from src.finetuned import check_exists, check_finetuned, is_adapter
 
 log = logging.getLogger(__name__)
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def validate(cfg) -> None:
+    """Every option with a fixed set of values, and every size, before any compute."""
+    from src.models import CHECKPOINT_GRIDS
+    from src.store import STORE_DTYPES
+    from src.tasks import task_class
+
+    if int(cfg.d) <= 0:
+        raise UserError(f"projection dimension d must be positive, got d={cfg.d}")
+    if int(cfg.P) < 1:
+        raise UserError(f"P (number of synthetic checkpoints) must be >= 1, got P={cfg.P}")
+    if int(cfg.k) <= 0:
+        raise UserError(f"k (selection size) must be positive, got k={cfg.k}")
+    _one_of("checkpoints", cfg.get("checkpoints", "theta_f"), CHECKPOINT_GRIDS)
+    _one_of("gradient.store_dtype", cfg.gradient.store_dtype, STORE_DTYPES)
+    sel = cfg.get("selection") or {}
+    _one_of("selection.precision", sel.get("precision", "stored"), ("stored", "float32"))
+    mode = cfg.retrain.get("select_epoch", "final")
+    _one_of("retrain.select_epoch", mode, ("final", "val", "test"))
+    if mode == "val" and cfg.get("dataset") is not None and not cfg.dataset.get("n_val"):  # recover: no dataset
+        raise UserError("retrain.select_epoch=val needs a validation split: set dataset.n_val > 0")
+    leak = float((cfg.get("seed") or {}).get("leak_fraction") or 0)
+    if not 0 <= leak <= 1:
+        raise UserError(f"seed.leak_fraction must be in [0, 1], got {leak}")
+    task_class(cfg).check(cfg)
 
 
 def has_true_data(cfg) -> bool:
@@ -74,19 +108,3 @@ def classes_without_data(cfg) -> list[str]:
             id2label = config.get("id2label") or {}
             return [str(id2label[k]) for k in sorted(id2label, key=int)]
     return []
-
-
-def recover_results(cfg, task, data, selectors: dict, writer, timer, config: dict) -> dict:
-    """Select with every selector and write each selection; nothing to retrain or score against."""
-    rows = []
-    for name, selector in selectors.items():
-        with timer(f"{name}/select"):
-            sel = selector(writer.ctx, cfg.k)
-        ds = writer(name, sel, task.seed_examples(data.seed, writer.labels, sel.indices.tolist()))
-        folder = writer.out_dir / "selections" / name
-        rows.append({"selector": name, "k": len(ds), "d": cfg.d, "P": cfg.P, "rng": cfg.rng,
-                     "objective": ds["objective"][-1], "selection": str(folder / "selection.parquet"), **sel.info})
-        log.info("%s: %d picks written to %s", name, len(ds), folder)
-    return {"config": config, "mode": "recover", "task": task.name, "results": rows, "timings": dict(timer),
-            "n_seed": len(data.seed), "scores": str(writer.out_dir / "scores.parquet"),
-            "classes": data.task.classes}

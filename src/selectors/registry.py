@@ -1,0 +1,43 @@
+"""The selector registry: Hydra ``_target_`` in ``conf/selector/<name>.yaml`` names each implementation.
+
+``build_selectors(cfg)`` builds the main ``selector`` plus every name in ``baselines``; an unknown name,
+an option a selector rejects, or a target that is not a ``Selector`` fails in one line, before any data
+or model is loaded.
+"""
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from src.config import CONF_DIR
+from src.errors import UserError, did_you_mean
+from src.selectors.base import Selector
+
+
+def build_selectors(cfg) -> dict[str, Selector]:
+    """The main ``selector`` plus every name in ``baselines``, each from conf/selector/<name>.yaml."""
+    known = sorted(p.stem for p in (CONF_DIR / "selector").glob("*.yaml"))
+    main = _instantiate(cfg.selector, "selector")
+    sels = {main.name: main}
+    for name in cfg.get("baselines") or []:
+        if name not in known:
+            raise UserError(f"Unknown selector '{name}'.{did_you_mean(name, known)}")
+        if name not in sels:
+            sels[name] = _instantiate(OmegaConf.load(CONF_DIR / "selector" / f"{name}.yaml"), name)
+    return sels
+
+
+def _instantiate(sel_cfg, name) -> Selector:
+    try:
+        sel = instantiate(sel_cfg)
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, UserError):  # Hydra wraps what the selector raised
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise UserError(f"selector '{name}': {cause}") from e
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not build selector '{name}' from {OmegaConf.to_container(sel_cfg)}: {first}") from e
+    if not isinstance(sel, Selector):
+        raise UserError(f"selector '{name}' is a {type(sel).__name__}, not a src.selectors.base.Selector")
+    return sel

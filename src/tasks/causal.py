@@ -1,0 +1,204 @@
+"""What every causal-LM task shares: the model, one right-padding collate, the response loss and the
+LM-head gradient stage.
+
+SFT, raw-text LM and label-word classification are one task shape: a prompt, then a response whose
+tokens the loss predicts. SFT's response is θf's generated text (+ EOS); LM's prompt is the BOS and
+the document is the response; label-word classification's response is the one token of the class's
+label word after "<text>\\nTopic:". So all three train on ``response_nll`` (the token mean over the
+batch), and their gradient is ``src.gradients.last_layer`` at the response positions of the LM head.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from src.errors import UserError
+from src.gradients.last_layer import response_mask, response_positions, second_moments
+from src.gradients.last_layer import projected_target as layer_target
+from src.gradients.projectors import FactoredProjector
+from src.models import _from_hub
+from src.tasks.base import GradientSpec, Task
+from src.tasks.collate import PromptResponseCollate
+
+log = logging.getLogger(__name__)
+
+
+def response_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed NLL of the response tokens and their count (prompt and padding masked)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    mask = response_mask(batch["input_ids"], batch["prompt_lengths"], batch["attention_mask"]).float()
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
+    return (nll * mask[:, :-1]).sum(1), mask.sum(1)
+
+
+def token_mean_loss(model, batch):
+    """The training loss: the mean over every response token of the batch (each token counts once)."""
+    nll, n = response_nll(model, batch)
+    return nll.sum() / n.sum().clamp_min(1), len(n)
+
+
+def _item_length(item) -> int:
+    """Sort key for mini-batches (less padding): characters of an item's texts."""
+    return sum(len(x) for x in item if isinstance(x, str))
+
+
+PROJECTIONS = ("factored", "dense")
+PRECONDITIONERS = ("none", "adafactor")
+
+
+class CausalLMTask(Task):
+    """Base of the causal-LM tasks: subclasses say how examples become (prompt, response) items."""
+
+    eos = True              # append EOS to text responses
+    keep_prompt_end = False
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        g = cfg.gradient
+        if g.get("projection", "factored") not in ("auto", *PROJECTIONS):
+            raise UserError(f"gradient.projection must be one of {('auto', *PROJECTIONS)}, got {g.projection!r}")
+        if g.get("precondition", "none") not in PRECONDITIONERS:
+            raise UserError(f"gradient.precondition must be one of {PRECONDITIONERS}, got {g.precondition!r}")
+
+    # -- models -------------------------------------------------------------------
+    def _path(self) -> str:
+        name = str(self.cfg.model.name_or_path)
+        if name == "base_lm":  # the project's own small LM, pretrained once and cached
+            from src.lm.base_lm import ensure_base_lm
+
+            return ensure_base_lm(OmegaConf.to_container(self.cfg.base_lm, resolve=True), self.cfg.model_cache_dir)
+        if name.startswith("gguf:"):  # a GGUF file in a Python package, converted once into a model folder
+            from src.lm.gguf import ensure_gguf_model
+
+            return ensure_gguf_model(name, self.cfg.model_cache_dir, untie=bool(self.cfg.model.get("untie_head")))
+        return name
+
+    def build_base(self, data):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        path = self._path()
+        tok = _from_hub(AutoTokenizer.from_pretrained, self.cfg.model.get("tokenizer") or path)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"
+        torch.manual_seed(self.cfg.rng)
+        if path.startswith("random:"):  # tests: a tiny random model sized to the tokenizer
+            config = AutoConfig.for_model(path[7:], vocab_size=len(tok), **dict(self.cfg.model.get("config") or {}))
+            model = AutoModelForCausalLM.from_config(config)
+        else:
+            self._check_causal(_from_hub(AutoConfig.from_pretrained, path))
+            model = _from_hub(AutoModelForCausalLM.from_pretrained, path)
+        self._check_head(model)
+        return model.eval(), tok
+
+    def _check_causal(self, config) -> None:
+        """An encoder (BERT, MiniLM) would load as a causal LM with a fresh, random head: refuse it."""
+        archs = config.architectures or []
+        if archs and not getattr(config, "is_decoder", False) and not any("CausalLM" in a or "LMHead" in a for a in archs):
+            raise UserError(f"model '{self.cfg.model.name_or_path}' ({', '.join(archs)}) is not a causal LM with an LM "
+                            f"head; task={self.name} needs one (model=wordnet_lm, smollm2, gpt2, ...)")
+
+    def _check_head(self, model) -> None:
+        head = self.cfg.model.head
+        try:
+            model.get_submodule(head)
+        except AttributeError:
+            raise UserError(f"{type(model).__name__} has no module '{head}' (model.head); a causal LM's head is "
+                            "usually lm_head") from None
+        if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
+            log.info("%s: the LM head is tied to the input embeddings, so θf − θ0 on it also holds the embedding "
+                     "updates, which per-example head gradients do not model (model.untie_head=true separates them)",
+                     self.name)
+
+    def load_finetuned(self, path, data):
+        from transformers import AutoModelForCausalLM
+
+        return _from_hub(AutoModelForCausalLM.from_pretrained, path)
+
+    def collate(self, tokenizer) -> PromptResponseCollate:
+        return PromptResponseCollate(tokenizer, self.cfg.model.max_length, self.eos, self.keep_prompt_end)
+
+    # -- training -----------------------------------------------------------------
+    def training_items(self, examples: dict, tokenizer) -> list:
+        """(prompt, response) pairs of ``examples``, as retraining and finetuning see them."""
+        raise NotImplementedError
+
+    def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False, monitor=None):
+        import lightning as L
+
+        from src.training import fit
+
+        L.seed_everything(self.cfg.rng, workers=True, verbose=False)
+        loader = DataLoader(self.training_items(examples, tokenizer), batch_size=ft.batch_size, shuffle=True,
+                            collate_fn=self.collate(tokenizer), generator=torch.Generator().manual_seed(self.cfg.rng))
+        return fit(model, loader, ft, self.cfg.trainer, self.cfg.rng, logger, prefix, loss_fn=token_mean_loss,
+                   monitor=monitor)
+
+    def _nll(self, model, tokenizer, items: list, batch_size: int) -> dict:
+        """Per-item summed response NLL (``nll``) and response-token count (``n``)."""
+        from src.training import run_predict
+
+        def fn(m, batch):
+            nll, n = response_nll(m, batch)
+            return {"nll": nll, "n": n}
+
+        return run_predict(model, items, self.collate(tokenizer), fn, batch_size=batch_size,
+                           trainer_cfg=self.cfg.trainer, length=_item_length)
+
+    # -- gradients ------------------------------------------------------------------
+    def gradient_items(self, seed, autolabels: dict, rows: range) -> list:
+        """The (prompt, response) items of seed rows ``rows``: the work of one gradient shard."""
+        raise NotImplementedError
+
+    def _projector(self, pair):
+        W = pair.state0[f"{self.cfg.model.head}.weight"]
+        kind = self.cfg.gradient.get("projection", "auto")
+        if kind in ("auto", "factored"):
+            return FactoredProjector(W.shape[0], W.shape[1], d=self.cfg.d, seed=self.cfg.projector.seed)
+        from hydra.utils import instantiate
+
+        return instantiate(self.cfg.projector)(in_dim=W.numel(), d=self.cfg.d)
+
+    def _factors(self, pair, seed, autolabels, alphas, items_of, collate, positions):
+        """Adafactor's (r, c) from a seed subsample, averaged over the checkpoints (one preconditioner,
+        as Adam's running second moment is one estimate over the whole trajectory); None for ``none``."""
+        if self.cfg.gradient.get("precondition", "none") == "none":
+            return None
+        from src.training import run_predict
+
+        n = min(len(seed), int(self.cfg.gradient.precondition_rows))
+        rows = torch.randperm(len(seed), generator=torch.Generator().manual_seed(self.cfg.rng))[:n].sort().values
+        items = [it for i in rows.tolist() for it in items_of(seed, autolabels, range(i, i + 1))]
+        head = self.cfg.model.head
+
+        def fn(model, batch):
+            module = model.get_submodule(head)
+            r, c, m = second_moments(positions(model, batch), module.weight, None)
+            return {"r": r, "c": c, "m": torch.tensor(float(m))}
+
+        rs, cs = [], []
+        for a in alphas:
+            out = run_predict(pair.load(a), items, collate, fn, batch_size=self.cfg.gradient.batch_size,
+                              trainer_cfg=self.cfg.trainer, length=_item_length, reduce="sum")
+            m = out["m"].clamp_min(1)
+            rs.append(out["r"].double() / m)
+            cs.append(out["c"].double() / m)
+        return torch.stack(rs).mean(0).float(), torch.stack(cs).mean(0).float()
+
+    def gradient_spec(self, pair, seed, autolabels: dict, alphas) -> GradientSpec:
+        head = self.cfg.model.head
+        projector = self._projector(pair)
+        collate = self.collate(pair.tokenizer)
+        positions = functools.partial(response_positions, head=head)
+        factors = self._factors(pair, seed, autolabels, alphas, self.gradient_items, collate, positions)
+        g = self.cfg.gradient
+        return GradientSpec(items=self.gradient_items, collate=collate, positions=positions, head=head,
+                            projector=projector, target=layer_target(pair.state0, pair.statef, head, projector),
+                            factors=factors,
+                            key={"loss": "token_sum", "precondition": g.get("precondition", "none"),
+                                 "precondition_rows": g.get("precondition_rows"), **self.fields()})
