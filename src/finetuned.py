@@ -33,6 +33,11 @@ def check_exists(name: str, what: str) -> None:
 
     Without this, transformers answers a missing folder with advice about hub repo-id syntax.
     """
+    if name.startswith("gguf:"):  # a file in an installed package: say so now if it is not there
+        from src.lm.gguf import gguf_file
+
+        gguf_file(name)
+        return
     if not name or name.startswith(("pkg:", "random:")) or name == "base_lm":
         return
     p = Path(name).expanduser()

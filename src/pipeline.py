@@ -93,7 +93,7 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
         pool = data.task.train if sel.source == "true" else data.seed
         rows.append({"selector": name, "k": len(idx), "d": cfg.d, "P": cfg.P, "rng": cfg.rng, **metrics,
                      "ot_distance": otd, "class_balance": task.composition(examples, data.task),
-                     "groups": _groups(pool, idx), "leaked_share": _leaked_share(pool, idx),
+                     "groups": _groups(pool, idx), **planted_metrics(pool, idx),
                      **(monitor.summary() if monitor else {}), **sel.info})
         (sel_dir / f"{name}.json").write_text(json.dumps({"source": sel.source, "indices": idx,
                                                            "ids": [pool["id"][i] for i in idx]}))
@@ -112,7 +112,9 @@ def recover_results(cfg, task, data, selectors: dict, writer, timer, config: dic
         ds = writer(name, sel, task.seed_examples(data.seed, writer.labels, sel.indices.tolist()))
         folder = writer.out_dir / "selections" / name
         rows.append({"selector": name, "k": len(ds), "d": cfg.d, "P": cfg.P, "rng": cfg.rng,
-                     "objective": ds["objective"][-1], "selection": str(folder / "selection.parquet"), **sel.info})
+                     "objective": ds["objective"][-1], "selection": str(folder / "selection.parquet"),
+                     "groups": _groups(data.seed, sel.indices.tolist()),
+                     **planted_metrics(data.seed, sel.indices.tolist()), **sel.info})
         log.info("%s: %d picks written to %s", name, len(ds), folder)
     return {"config": config, "mode": "recover", "task": task.name, "results": rows, "timings": dict(timer),
             "n_seed": len(data.seed), "scores": str(writer.out_dir / "scores.parquet"),
@@ -152,12 +154,21 @@ def epoch_monitor(cfg, task, tokenizer, data) -> EpochMonitor | None:
     return EpochMonitor(score, patience=cfg.retrain.get("patience"), sign=sign)
 
 
-def _leaked_share(pool, idx) -> float | None:
-    """Share of the picks that are true training rows mixed into the seed corpus (``seed.leak_fraction``)."""
-    if "leaked" not in pool.column_names:
-        return None
-    leaked = pool["leaked"]
-    return sum(bool(leaked[i]) for i in idx) / max(1, len(idx))
+def planted_metrics(pool, idx) -> dict:
+    """Recovery, measured directly, when true-distribution rows were planted in the seed corpus:
+    ``planted_share`` (precision: the share of the picks that are planted rows, ``leaked`` ones θf trained on
+    or ``unseen`` ones of the same distribution), ``planted_recall`` (the share of the planted rows picked;
+    equal to the precision when k is the number planted), and the two kinds apart (``leaked_share``,
+    ``unseen_share``: a selector that found θf's own rows rather than its distribution picks more of the first)."""
+    flags = {c: pool[c] for c in ("leaked", "unseen") if c in pool.column_names}
+    if not flags:
+        return {}
+    picked = {c: sum(bool(v[i]) for i in idx) for c, v in flags.items()}
+    planted = sum(sum(map(bool, v)) for v in flags.values())
+    k = max(1, len(idx))
+    out = {f"{'leaked' if c == 'leaked' else 'unseen'}_share": n / k for c, n in picked.items()}
+    out.update(planted_share=sum(picked.values()) / k, planted_recall=sum(picked.values()) / max(1, planted))
+    return out
 
 
 def _groups(pool, idx) -> dict | None:

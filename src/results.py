@@ -45,7 +45,9 @@ class Column:
 
 # Per-selector numbers shown as "mean ± std" whenever the rows carry them. A new one is one line here.
 COLUMNS = (
-    Column("leaked_share", "leaked share", ".2f"),
+    Column("planted_share", "planted found (precision@k)", ".3f"),
+    Column("leaked_share", "of them trained", ".3f"),
+    Column("unseen_share", "of them unseen", ".3f"),
     Column("objective", "objective after the last pick"),
 )
 LABELS = {"expert": "expert (k true rows)"}  # a selection of true rows, not θf

@@ -44,11 +44,11 @@ def load_data(cfg) -> Data:
         seed = load_seed(cfg.seed, cfg.rng, kind=kind)
         log.info("data: no true data (mode=recover); seed corpus %d examples", len(seed))
         return Data(TaskData(train=None, test=None, classes=classes_without_data(cfg)), seed)
-    task = load_task(cfg.dataset, cfg.rng, kind)
-    splits = [task.train, task.test] + ([task.val] if task.val is not None else [])
+    task = load_task(cfg.dataset, cfg.rng, kind, n_unseen=int(cfg.seed.get("unseen_rows") or 0))
+    splits = [s for s in (task.train, task.test, task.val, task.unseen) if s is not None]
     exclude = set().union(*(s["id"] for s in splits)) if cfg.seed.get("exclude_true") else set()
     seed = mix_in_true(load_seed(cfg.seed, cfg.rng, exclude, kind), task.train, cfg.seed.get("leak_fraction") or 0,
-                       cfg.rng)
+                       cfg.rng, unseen=task.unseen)
     log.info("data: %d true train / %d val / %d test examples; seed corpus %d examples", len(task.train),
              0 if task.val is None else len(task.val), len(task.test), len(seed))
     return Data(task, seed)

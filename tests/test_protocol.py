@@ -66,7 +66,7 @@ def test_checkpoint_grids():
 
 
 def test_exclude_filter_drops_the_task_topics_from_the_harder_seed(tiny_cfg):
-    data = load_data(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=200", "+seed.group_field=lexname"))
+    data = load_data(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=200"))
     assert not {"noun.animal", "noun.plant", "noun.food", "noun.artifact"} & set(data.seed["group"])
 
 
@@ -130,3 +130,23 @@ def test_best_epoch_retraining_runs_with_progress_bars_on(tiny_cfg, tmp_path):
 
     res = run(tiny_cfg("trainer.progress_bar=true", "baselines=[random]", "retrain.epochs=2"), tmp_path / "r")
     assert all(r["epochs_run"] >= 1 for r in res["results"])
+
+
+def test_unseen_true_rows_are_planted_beside_leaked_ones_and_recovery_is_counted(tiny_cfg):
+    from src.pipeline import planted_metrics
+
+    data = load_data(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=100", "seed.leak_fraction=0.25",
+                              "seed.unseen_rows=10"))
+    seed, task = data.seed, data.task
+    leaked = [i for i, f in zip(seed["id"], seed["leaked"]) if f]
+    unseen = [i for i, f in zip(seed["id"], seed["unseen"]) if f]
+    assert len(leaked) == 10 and len(unseen) == 10 and len(seed) == 120
+    assert set(leaked) <= set(task.train["id"])                                 # θf trained on these ...
+    held_out = set(task.train["id"]) | set(task.val["id"]) | set(task.test["id"])
+    assert set(unseen).isdisjoint(held_out) and set(unseen) == set(task.unseen["id"])  # ... and never on these
+    assert set(seed["group"][i] for i, f in enumerate(seed["unseen"]) if f) <= set(task.classes)
+    picks = [i for i, f in enumerate(seed["leaked"]) if f][:3] + [i for i, f in enumerate(seed["unseen"]) if f][:1]
+    picks += [i for i in range(len(seed)) if not (seed["leaked"][i] or seed["unseen"][i])][:4]
+    m = planted_metrics(seed, picks)
+    assert m == {"leaked_share": 3 / 8, "unseen_share": 1 / 8, "planted_share": 4 / 8, "planted_recall": 4 / 20}
+    assert planted_metrics(load_data(tiny_cfg()).seed, picks) == {}  # nothing planted: nothing to count

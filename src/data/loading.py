@@ -257,10 +257,12 @@ class TaskData:
     test: datasets.Dataset | None
     classes: list[str]
     val: datasets.Dataset | None = None  # true rows θf never saw, for choosing retraining epochs
+    unseen: datasets.Dataset | None = None  # more rows of the true distribution θf never saw (planted in the seed)
 
 
-def load_task(cfg, rng: int, kind: str = "labelled") -> TaskData:
-    """The hidden finetuning data and its held-out test split, shaped for a task of data ``kind``."""
+def load_task(cfg, rng: int, kind: str = "labelled", n_unseen: int = 0) -> TaskData:
+    """The hidden finetuning data and its held-out test split, shaped for a task of data ``kind``; with
+    ``n_unseen``, also that many rows of the same pool that neither θf, validation nor test ever see."""
     if kind not in KINDS:
         raise ValueError(f"data kind must be one of {KINDS}, got {kind!r}")
     if kind == "prompt_response" and not (cfg.get("prompt_template") and cfg.get("response_template")):
@@ -277,11 +279,22 @@ def load_task(cfg, rng: int, kind: str = "labelled") -> TaskData:
         train, test, classes = _index_labels(train, test, classes)
     if not classes and kind == "labelled":  # labels of another integer dtype: their sorted values
         classes = [str(c) for c in sorted(set(train["label"]) | set(test["label"]))]
-    train, val = _carve_val(train, cfg.get("n_train"), cfg.get("n_val") or 0, rng)
+    pool = train
+    train, val = _carve_val(pool, cfg.get("n_train"), cfg.get("n_val") or 0, rng)
+    unseen = _carve_unseen(pool, len(train) + (0 if val is None else len(val)), int(n_unseen), rng) if n_unseen else None
     test = _sample(test, cfg.get("n_test"), rng + 1)
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"dataset '{cfg.path}' has an empty train or test split after filtering")
-    return TaskData(train=train, test=test, classes=classes, val=val)
+    return TaskData(train=train, test=test, classes=classes, val=val, unseen=unseen)
+
+
+def _carve_unseen(pool: datasets.Dataset, used: int, n: int, rng: int) -> datasets.Dataset:
+    """``n`` rows after the first ``used`` of the pool's shuffle (train, then validation): the true
+    distribution, never trained on, validated on or tested on."""
+    if used + n > len(pool):
+        raise UserError(f"seed.unseen_rows={n}: the true data's pool has {len(pool)} rows, {used} of them taken by "
+                        f"train and validation; lower unseen_rows or dataset.n_train")
+    return pool.shuffle(seed=rng).select(range(used, used + n))
 
 
 def _carve_val(pool: datasets.Dataset, n_train, n_val: float, rng: int):
@@ -316,27 +329,36 @@ def load_seed(cfg, rng: int, exclude_ids: set[str] = frozenset(), kind: str = "l
     return ds
 
 
-def mix_in_true(seed: datasets.Dataset, train: datasets.Dataset, fraction: float, rng: int) -> datasets.Dataset:
-    """The seed corpus plus round(fraction·|train|) true training rows (seeded), marked in a
-    ``leaked`` column, to study selection when the true data leaked into the public corpus.
+def mix_in_true(seed: datasets.Dataset, train: datasets.Dataset, fraction: float, rng: int,
+                unseen: datasets.Dataset | None = None) -> datasets.Dataset:
+    """The seed corpus plus round(fraction·|train|) true training rows (seeded), marked ``leaked``, and the
+    ``unseen`` rows of the true distribution that θf never trained on, marked ``unseen``: to study selection
+    when the true data leaked into the public corpus, and to measure recovery directly (planted rows found).
 
-    A leaked row carries only what a seed row carries (for SFT the prompt, not the response).
+    A planted row carries only what a seed row carries (for SFT the prompt, not the response).
     """
     fraction = float(fraction)
-    if fraction == 0:
+    if fraction == 0 and unseen is None:
         return seed
-    if not 0 < fraction <= 1:
+    if not 0 <= fraction <= 1:
         raise UserError(f"seed.leak_fraction must be in [0, 1], got {fraction}")
     n = round(fraction * len(train))
-    rows = train.shuffle(seed=rng + 2).select(range(n)).to_dict()
-    missing = [c for c in seed.column_names if c not in rows]
-    if missing:
-        raise UserError(f"seed.leak_fraction: the true data has no column(s) {missing} that the seed corpus has")
-    if "prompt" in seed.column_names:  # seed rows of SFT hold the prompt as their text
-        rows["text"] = rows["prompt"]
-    ids = set(rows["id"])
+    parts = [("leaked", train.shuffle(seed=rng + 2).select(range(n)).to_dict())]
+    if unseen is not None:
+        parts.append(("unseen", unseen.to_dict()))
+    ids = set()
+    for what, rows in parts:
+        missing = [c for c in seed.column_names if c not in rows]
+        if missing:
+            raise UserError(f"seed.leak_fraction / unseen_rows: the true data has no column(s) {missing} that the "
+                            "seed corpus has")
+        if "prompt" in seed.column_names:  # seed rows of SFT hold the prompt as their text
+            rows["text"] = rows["prompt"]
+        ids |= set(rows["id"])
     seed = seed.filter(lambda i: i not in ids, input_columns="id")  # no row twice when exclude_true is off
-    cols = {c: list(seed[c]) + list(rows[c]) for c in seed.column_names}
-    cols["leaked"] = [False] * len(seed) + [True] * n
-    log.info("seed corpus: mixed in %d true training rows (leak_fraction=%g)", n, fraction)
+    cols = {c: list(seed[c]) + [v for _, rows in parts for v in rows[c]] for c in seed.column_names}
+    for flag in ("leaked", "unseen"):
+        cols[flag] = [False] * len(seed) + [w == flag for w, rows in parts for _ in rows["id"]]
+    log.info("seed corpus: mixed in %d true training rows (leak_fraction=%g) and %d unseen true-distribution rows",
+             n, fraction, 0 if unseen is None else len(unseen))
     return datasets.Dataset.from_dict(cols).shuffle(seed=rng + 3).flatten_indices()

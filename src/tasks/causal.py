@@ -42,6 +42,17 @@ def token_mean_loss(model, batch):
     return nll.sum() / n.sum().clamp_min(1), len(n)
 
 
+def untie_head(model) -> None:
+    """Give a tied LM head its own copy of the embedding matrix (before θf is made from θ0), so the head's
+    delta θf − θ0 is the head's own update: what per-example head gradients model. A tied head's delta
+    also holds the input-embedding updates."""
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight is emb.weight:
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        log.info("model.untie_head: the LM head is now its own copy of the input embeddings")
+
+
 def _item_length(item) -> int:
     """Sort key for mini-batches (less padding): characters of an item's texts."""
     return sum(len(x) for x in item if isinstance(x, str))
@@ -75,7 +86,7 @@ class CausalLMTask(Task):
         if name.startswith("gguf:"):  # a GGUF file in a Python package, converted once into a model folder
             from src.lm.gguf import ensure_gguf_model
 
-            return ensure_gguf_model(name, self.cfg.model_cache_dir, untie=bool(self.cfg.model.get("untie_head")))
+            return ensure_gguf_model(name, self.cfg.model_cache_dir)
         return name
 
     def build_base(self, data):
@@ -93,6 +104,8 @@ class CausalLMTask(Task):
         else:
             self._check_causal(_from_hub(AutoConfig.from_pretrained, path))
             model = _from_hub(AutoModelForCausalLM.from_pretrained, path)
+        if self.cfg.model.get("untie_head"):
+            untie_head(model)
         self._check_head(model)
         return model.eval(), tok
 
