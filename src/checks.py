@@ -21,6 +21,9 @@ from src.finetuned import check_exists, check_finetuned, is_adapter
 log = logging.getLogger(__name__)
 
 
+TRAINABLE = ("all", "head")  # finetune.train / retrain.train: every parameter, or the last layer alone
+
+
 def _one_of(name: str, value, allowed) -> None:
     if value not in allowed:
         raise UserError(f"{name} must be one of {list(allowed)}, got {value!r}")
@@ -49,6 +52,8 @@ def validate(cfg) -> None:
     leak = float((cfg.get("seed") or {}).get("leak_fraction") or 0)
     if not 0 <= leak <= 1:
         raise UserError(f"seed.leak_fraction must be in [0, 1], got {leak}")
+    for stage in ("finetune", "retrain"):
+        _one_of(f"{stage}.train", cfg[stage].get("train", "all"), TRAINABLE)
     task_class(cfg).check(cfg)
 
 
@@ -57,7 +62,13 @@ def has_true_data(cfg) -> bool:
 
 
 def preflight(cfg, selectors: dict) -> None:
-    """Cheap checks of everything a user names (mode, devices, model paths, selectors vs data)."""
+    """Cheap checks of everything a user names (mode, devices, model paths, selectors vs data, the
+    gradient options a selector asks for)."""
+    from src.selectors.registry import with_gradient_options
+
+    for sel in selectors.values():
+        if sel.gradients:
+            validate(with_gradient_options(cfg, sel.gradients))
     mode = cfg.get("mode", "experiment")
     if mode not in ("experiment", "recover"):
         raise UserError(f"mode must be 'experiment' or 'recover', got '{mode}'")

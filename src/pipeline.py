@@ -12,13 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+from src.checks import preflight, validate
 from src.errors import UserError
 from src.metrics import Embedder, ot_distance
-from src.checks import preflight, validate
 from src.selection_io import SelectionWriter
 from src.selectors.base import SelectionContext, check_k
-from src.selectors.registry import build_selectors
+from src.selectors.registry import build_selectors, with_gradient_options
 from src.stages import autolabel, gradient_rows, load_models, load_task_data, to_plain
+from src.tasks import get_task
 from src.training import EpochMonitor
 
 log = logging.getLogger(__name__)
@@ -48,22 +49,12 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
         pair = load_models(cfg, data, task)
     with timer("autolabel"):
         labels = autolabel(cfg, pair, data, task)
-    grads = target = None
-    grads_key = ""
-    if any(s.needs_gradients for s in selectors.values()):
-        with timer("gradients"):
-            grads, target, grads_key = gradient_rows(cfg, pair, data, labels, task)  # stays on disk
-    sel = cfg.get("selection") or {}
     evaluate = data.task.train is not None
-    ctx = SelectionContext(n_seed=len(data.seed), labels=labels.get("labels"), logp_f=labels["logp_f"],
-                           logp_0=labels["logp_0"], n_true=len(data.task.train) if evaluate else 0, grads=grads,
-                           target=target, rng=cfg.rng, precision=sel.get("precision", "stored"),
-                           block_rows=int(sel.get("block_rows", 16384)), progress=bool(sel.get("progress", True)),
-                           state_dir=Path(cfg.cache_dir) / "selection", grads_key=grads_key,
-                           checkpoint_every_s=float(sel.get("checkpoint_every_s", 10.0)))
+    contexts = selection_contexts(cfg, selectors, pair, data, labels, task, timer, evaluate)
+    ctx = contexts[""]
     writer = SelectionWriter(out_dir, task, data, labels, ctx, selectors)
     if not evaluate:  # recover mode without true data: the selections are the result
-        return recover_results(cfg, task, data, selectors, writer, timer, to_plain(cfg))
+        return recover_results(cfg, task, data, selectors, writer, timer, to_plain(cfg), contexts)
 
     test = data.task.test
     with timer("eval/reference"):
@@ -77,12 +68,13 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
     sel_dir = out_dir / "selections"
     sel_dir.mkdir(parents=True, exist_ok=True)
     for name, selector in selectors.items():
+        sctx = contexts[_options_key(selector)]
         with timer(f"{name}/select"):
-            sel = selector(ctx, cfg.k)
+            sel = selector(sctx, cfg.k)
         idx = sel.indices.tolist()
         examples = (task.true_examples(data.task.train, idx) if sel.source == "true"
                     else task.seed_examples(data.seed, labels, idx))
-        writer(name, sel, examples)  # before retraining: the picks are kept even if it fails
+        writer(name, sel, examples, sctx)  # before retraining: the picks are kept even if it fails
         monitor = epoch_monitor(cfg, task, pair.tokenizer, data.task)
         with timer(f"{name}/retrain"):
             model = task.train(pair.fresh(0.0), pair.tokenizer, examples, cfg.retrain, prefix=f"retrain/{name}",
@@ -103,13 +95,41 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
             "n_true": len(data.task.train), "classes": data.task.classes}
 
 
-def recover_results(cfg, task, data, selectors: dict, writer, timer, config: dict) -> dict:
+def _options_key(selector) -> str:
+    return json.dumps(selector.gradients, sort_keys=True) if selector.needs_gradients and selector.gradients else ""
+
+
+def selection_contexts(cfg, selectors: dict, pair, data, labels, task, timer, evaluate: bool) -> dict:
+    """One ``SelectionContext`` per distinct set of gradient options the selectors select on ("": the run's
+    own); each gradient store is computed (or found in the cache) once, and stays on disk."""
+    sel = cfg.get("selection") or {}
+    contexts = {}
+    for key in dict.fromkeys(["", *(_options_key(s) for s in selectors.values())]):
+        grads = target = None
+        grads_key = ""
+        users = [s for s in selectors.values() if s.needs_gradients and _options_key(s) == key]
+        if users:
+            gcfg = with_gradient_options(cfg, json.loads(key) if key else {})
+            gtask = get_task(gcfg, data.task.classes) if key else task  # a task reads its options from its config
+            with timer("gradients" + (f"/{users[0].name}" if key else "")):
+                grads, target, grads_key = gradient_rows(gcfg, pair, data, labels, gtask)
+        contexts[key] = SelectionContext(
+            n_seed=len(data.seed), labels=labels.get("labels"), logp_f=labels["logp_f"], logp_0=labels["logp_0"],
+            n_true=len(data.task.train) if evaluate else 0, grads=grads, target=target, rng=cfg.rng,
+            precision=sel.get("precision", "stored"), block_rows=int(sel.get("block_rows", 16384)),
+            progress=bool(sel.get("progress", True)), state_dir=Path(cfg.cache_dir) / "selection",
+            grads_key=grads_key, checkpoint_every_s=float(sel.get("checkpoint_every_s", 10.0)))
+    return contexts
+
+
+def recover_results(cfg, task, data, selectors: dict, writer, timer, config: dict, contexts: dict) -> dict:
     """Select with every selector and write each selection; nothing to retrain or score against."""
     rows = []
     for name, selector in selectors.items():
+        sctx = contexts[_options_key(selector)]
         with timer(f"{name}/select"):
-            sel = selector(writer.ctx, cfg.k)
-        ds = writer(name, sel, task.seed_examples(data.seed, writer.labels, sel.indices.tolist()))
+            sel = selector(sctx, cfg.k)
+        ds = writer(name, sel, task.seed_examples(data.seed, writer.labels, sel.indices.tolist()), sctx)
         folder = writer.out_dir / "selections" / name
         rows.append({"selector": name, "k": len(ds), "d": cfg.d, "P": cfg.P, "rng": cfg.rng,
                      "objective": ds["objective"][-1], "selection": str(folder / "selection.parquet"),

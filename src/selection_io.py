@@ -100,15 +100,21 @@ class SelectionWriter:
                                  {})
         write_scores(self.out_dir, data.seed, labels, self.align)
 
-    def __call__(self, name: str, sel, examples: dict) -> datasets.Dataset:
+    def __call__(self, name: str, sel, examples: dict, ctx=None) -> datasets.Dataset:
+        """Write one selector's picks; ``ctx`` is the context it selected in (its own gradients, when it
+        asked for other gradient options than the run's: its alignment and objective columns use them)."""
+        ctx = ctx or self.ctx
         idx = sel.indices.tolist()
         seed = sel.source == "seed"
         pool = self.data.seed if seed else self.data.task.train
         trace = None
+        grads = ctx.grads if ctx.grads is not None else self.ctx.grads
+        target = ctx.target if ctx.grads is not None else self.ctx.target
         if seed and sel.objective is not None:  # a SELECT selector: the objective its own steps maximised
             trace = sel.objective.tolist()
-        elif seed and self.ctx.grads is not None:
-            trace = objective_trace(self.ctx.grads, self.ctx.target, idx, **self.objective_kw)
+        elif seed and grads is not None:
+            trace = objective_trace(grads, target, idx, **self.objective_kw)
+        align = self.align if ctx is self.ctx or ctx.grads is None else seed_alignment(ctx)
         cols = selection_columns(examples, idx, pool, sel.source, self.data.task.classes, self.labels,
-                                 self.align, trace)
+                                 align, trace)
         return write_table(cols, self.out_dir / "selections" / name, "selection")

@@ -21,6 +21,7 @@ from src.cache import atomic_write_bytes, atomic_write_json, file_sha256, stable
 from src.data.loading import TaskData, load_seed, load_task, mix_in_true
 from src.errors import UserError
 from src.finetuned import check_head_changed, is_adapter, merge_adapter
+from src.gradients.exact import exact_rows
 from src.gradients.runner import GradientPassModule, gradient_pass
 from src.models import ModelPair, check_compatible, check_same_family, checkpoint_alphas
 from src.checks import classes_without_data, has_true_data
@@ -148,30 +149,50 @@ def _gradient_store(cfg, pair: ModelPair, data: Data, labels: dict, task):
 
 
 def _fill(cfg, pair, data, labels, store, spec, alphas, load: bool):
+    """Fill the store; returns the target ([d]) and, with ``load``, the rows [P, N, d]."""
+    parts = [GradientPassModule.part(j) for j in range(1, len(alphas) + 1)]
+    dtype = STORE_DTYPES[cfg.gradient.store_dtype]
+    if spec.exact:  # one joint embedding of every checkpoint's gradients: computed whole, stored like the rest
+        def embed_all():
+            rows, target = exact_rows(pair, alphas, spec, data.seed, labels, int(cfg.gradient.batch_size),
+                                      int(cfg.gradient.get("exact_max_rows") or 20000))
+            for j, part in enumerate(parts):
+                for i in range(store.n_shards):
+                    g = rows[j, store.rows(i).start:store.rows(i).stop].to(dtype)
+                    store.write(part, i, {"g": g, "sq": g.double().pow(2).sum(-1).float()})
+            return {"t": target}
+
+        store.root.mkdir(parents=True, exist_ok=True)
+        tpath = store.root / "exact_target.safetensors"
+        if any(store.missing(p) for p in parts):  # rows and target are one embedding: never mix two
+            tpath.unlink(missing_ok=True)
+        target = cached(tpath, embed_all, "exact target")["t"]
+        return target, (store.load_stacked(parts, "g") if load else None)
     # One Lightning predict loop over the missing (checkpoint, shard) items, on whatever accelerator /
     # strategy ``trainer`` names (DDP ranks write disjoint shards).
-    return gradient_pass(pair, alphas, store, spec, data.seed, labels, trainer_cfg=cfg.trainer,
-                         batch_size=cfg.gradient.batch_size, store_dtype=STORE_DTYPES[cfg.gradient.store_dtype], load=load)
+    G = gradient_pass(pair, alphas, store, spec, data.seed, labels, trainer_cfg=cfg.trainer,
+                      batch_size=cfg.gradient.batch_size, store_dtype=dtype, load=load)
+    return spec.target, (G if load else None)
 
 
 def gradients(cfg, pair: ModelPair, data: Data, labels: dict, task) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected last-layer gradients at θ̂_1..θ̂_P ([P, N, d], in RAM, store dtype) and the projected target ([d])."""
     store, spec, alphas = _gradient_store(cfg, pair, data, labels, task)
-    G = _fill(cfg, pair, data, labels, store, spec, alphas, load=True)
-    return G, spec.target
+    target, G = _fill(cfg, pair, data, labels, store, spec, alphas, load=True)
+    return G, target
 
 
 def gradient_rows(cfg, pair: ModelPair, data: Data, labels: dict, task):
     """As ``gradients``, but the matrix stays on disk: (a ``StoreRows`` source read shard by shard,
     memory-mapped, on ``selection.device``; the projected target [d]; the store's hash)."""
     store, spec, alphas = _gradient_store(cfg, pair, data, labels, task)
-    _fill(cfg, pair, data, labels, store, spec, alphas, load=False)
+    target, _ = _fill(cfg, pair, data, labels, store, spec, alphas, load=False)
     sel = cfg.get("selection") or {}
     device = resolve_device(sel.get("device", "auto"), cfg.trainer.get("accelerator"))
     rows = StoreRows(store, [GradientPassModule.part(j) for j in range(1, len(alphas) + 1)], "g", device=device)
     log.info("gradients: [P, N, d] = %s %s on disk, selecting on %s%s", list(rows.shape),
              str(rows.dtype).removeprefix("torch."), device, " (resident)" if rows.resident is not None else "")
-    return rows, spec.target, store.root.name
+    return rows, target, store.root.name
 
 
 def to_plain(cfg) -> dict:

@@ -54,7 +54,7 @@ class TrainModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.wd)
+        opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.lr, weight_decay=self.wd)
         total = max(1, self.trainer.estimated_stepping_batches)
         warm = max(1, int(self.warmup * total))
 
@@ -102,15 +102,26 @@ class EpochMonitor(L.Callback):
 
 
 def fit(model, loader, ft, trainer_cfg, rng: int, logger=False, prefix="train", loss_fn=classification_loss,
-        monitor: EpochMonitor | None = None):
+        monitor: EpochMonitor | None = None, head: str | None = None):
     """Train ``model`` in place for ``ft.epochs`` (or ``ft.max_steps``) over ``loader``; with a
-    ``monitor``, end at (and keep) its best epoch."""
+    ``monitor``, end at (and keep) its best epoch. ``ft.train=head`` trains the last layer (``head``) alone,
+    the body frozen: a θf whose delta is exactly a sum of last-layer gradients on fixed features."""
     # A fixed number of optimiser steps would make tiny selections train longer per example;
     # epochs keep "k examples seen E times" comparable across selectors.
     trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=ft.get("max_steps") or -1,
                             callbacks=[monitor] if monitor is not None else None)
+    frozen = []
+    if ft.get("train", "all") == "head":
+        keep = {id(p) for p in model.get_submodule(head).parameters()}
+        frozen = [p for p in model.parameters() if id(p) not in keep and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
     model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
-    trainer.fit(TrainModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix, loss_fn), loader)
+    try:
+        trainer.fit(TrainModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix, loss_fn), loader)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     model.eval()
     if monitor is not None:
         monitor.finish(model)
@@ -118,12 +129,12 @@ def fit(model, loader, ft, trainer_cfg, rng: int, logger=False, prefix="train", 
 
 
 def fit_classifier(model, tokenizer, texts, labels, ft, trainer_cfg, rng: int, logger=False, prefix="train",
-                   monitor: EpochMonitor | None = None):
+                   monitor: EpochMonitor | None = None, head: str | None = None):
     """Train a sequence classifier in place on (texts, labels) with the ``finetune`` config ``ft``."""
     L.seed_everything(rng, workers=True, verbose=False)
     loader = make_loader(tokenizer, texts, labels, batch_size=ft.batch_size, max_length=ft.max_length,
                          shuffle=True, seed=rng)
-    return fit(model, loader, ft, trainer_cfg, rng, logger, prefix, monitor=monitor)
+    return fit(model, loader, ft, trainer_cfg, rng, logger, prefix, monitor=monitor, head=head)
 
 
 class ForwardModule(L.LightningModule):

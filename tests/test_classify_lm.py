@@ -147,3 +147,55 @@ def test_classify_lm_end_to_end(clm_cfg, tmp_path):
         assert 0 <= r["accuracy"] <= 1 and r["k"] == 8
         assert 1 <= r["best_epoch"] <= r["epochs_run"] <= 2 and len(r["epoch_scores"]) == r["epochs_run"]
     assert 0 <= res["reference"]["thetaf_accuracy"] <= 1
+
+
+def test_exact_projection_keeps_every_inner_product_of_the_dense_gradients(clm_cfg):
+    cfg = clm_cfg("gradient.projection=exact", "gradient.precondition=none", "P=2")
+    task, data, pair = setup(cfg)
+    labels = autolabel(cfg, pair, data, task)
+    G, t = gradients(cfg, pair, data, labels, task)
+    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0])
+    dense = []
+    for a in (0.5, 1.0):
+        batch = answer_batch(spec, data, labels, 6)
+        model = pair.load(a)
+        dense.append(naive_lm_head_grads(model, batch["input_ids"], batch["attention_mask"],
+                                         batch["prompt_lengths"]).flatten(1))
+    dense = torch.cat(dense)                                   # [2·6, V·H]: two checkpoints' first 6 rows
+    rows = torch.cat([G[0, :6], G[1, :6]]).double()
+    delta = (pair.statef["lm_head.weight"].double() - pair.state0["lm_head.weight"].double()).flatten()
+    scale = float(dense.norm(dim=1).max()) ** 2
+    torch.testing.assert_close(rows @ rows.T, dense @ dense.T, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(rows @ t.double(), dense @ -delta, rtol=0, atol=1e-5 * float(dense.norm(dim=1).max()
+                                                                                        * delta.norm()))
+    assert t.double().norm() == pytest.approx(float(delta.norm()), rel=1e-5)
+
+
+def test_a_selector_with_its_own_gradient_options_selects_on_its_own_store(clm_cfg, tmp_path):
+    import json
+
+    res = run(clm_cfg("P=1", "gradient.precondition=adafactor", "baselines=[select_paper]",
+                      "retrain.epochs=1", f"cache_dir={tmp_path / 'cache'}"), tmp_path / "run")
+    assert [r["selector"] for r in res["results"]] == ["select", "select_paper"]
+    stores = [json.loads(p.read_text())["config"]["spec"]["precondition"]
+              for p in (tmp_path / "cache" / "grads").glob("*/meta.json")]
+    assert sorted(stores) == ["adafactor", "none"]  # the run's gradients, and select_paper's raw ones
+    assert {"gradients", "gradients/select_paper"} <= set(res["timings"])
+
+
+def test_a_selectors_gradient_options_are_checked_before_any_data(clm_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from src.selectors.registry import build_selectors
+
+    cfg = clm_cfg()
+    with pytest.raises(UserError, match="unknown option"):
+        from src.checks import preflight
+
+        sels = build_selectors(cfg)
+        sels["select"].gradients = {"whiten": True}
+        preflight(cfg, sels)
+    sels["select"].gradients = {"precondition": "adam"}
+    with pytest.raises(UserError, match="gradient.precondition must be one of"):
+        preflight(cfg, sels)
+    assert OmegaConf.select(cfg, "gradient.precondition") == "adafactor"  # the run's own config is untouched

@@ -19,8 +19,8 @@ def test_user_knobs_override_as_documented():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "selector").glob("*.yaml")))
 def test_every_selector_config_instantiates(name):
-    sel = instantiate(compose_cfg([f"selector={name}"]).selector)
-    assert isinstance(sel, Selector) and sel.name == name
+    sel = build_selectors(compose_cfg([f"selector={name}", "baselines=[]"]))[name]
+    assert isinstance(sel, Selector) and sel.name == name and isinstance(sel.gradients, dict)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "projector").glob("*.yaml")))

@@ -47,6 +47,7 @@ class Selection:
 class Selector:
     name = "base"
     needs_gradients = False
+    gradients: dict = {}     # gradient options this selector selects on (set from its config by the registry)
     needs_true_data = False  # picks from the hidden true data (only an experiment has it)
 
     def select(self, ctx: SelectionContext, k: int) -> Selection:

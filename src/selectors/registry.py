@@ -3,6 +3,11 @@
 ``build_selectors(cfg)`` builds the main ``selector`` plus every name in ``baselines``; an unknown name,
 an option a selector rejects, or a target that is not a ``Selector`` fails in one line, before any data
 or model is loaded.
+
+A selector config may also say which gradients it selects on (``gradients: {precondition: none,
+checkpoints: theta_f, P: 1}``): the paper's SELECT on raw gradients beside a default on others, in one job.
+Those keys override the run's own gradient options for that selector only (``GRADIENT_OPTIONS`` maps
+them to the config); selectors that share options share one gradient store.
 """
 from __future__ import annotations
 
@@ -27,7 +32,28 @@ def build_selectors(cfg) -> dict[str, Selector]:
     return sels
 
 
+# A selector's ``gradients`` key → the run config field it overrides.
+GRADIENT_OPTIONS = {"precondition": "gradient.precondition", "projection": "gradient.projection",
+                    "checkpoints": "checkpoints", "P": "P"}
+
+
+def with_gradient_options(cfg, options: dict):
+    """A copy of the run config with a selector's gradient options applied."""
+    if not options:
+        return cfg
+    unknown = sorted(set(options) - set(GRADIENT_OPTIONS))
+    if unknown:
+        raise UserError(f"selector gradients: unknown option(s) {unknown}; known: {sorted(GRADIENT_OPTIONS)}")
+    out = cfg.copy()
+    for key, value in options.items():
+        OmegaConf.update(out, GRADIENT_OPTIONS[key], value, merge=False)
+    return out
+
+
 def _instantiate(sel_cfg, name) -> Selector:
+    plain = OmegaConf.to_container(sel_cfg, resolve=True)
+    gradients = dict(plain.pop("gradients", None) or {})
+    sel_cfg = OmegaConf.create(plain)
     try:
         sel = instantiate(sel_cfg)
     except Exception as e:
@@ -40,4 +66,5 @@ def _instantiate(sel_cfg, name) -> Selector:
         raise UserError(f"could not build selector '{name}' from {OmegaConf.to_container(sel_cfg)}: {first}") from e
     if not isinstance(sel, Selector):
         raise UserError(f"selector '{name}' is a {type(sel).__name__}, not a src.selectors.base.Selector")
+    sel.gradients = gradients
     return sel

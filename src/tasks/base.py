@@ -40,6 +40,7 @@ class GradientSpec:
     with_bias: bool = False          # the layer's bias gradient is part of each row (classifier heads)
     factors: tuple | None = None     # Adafactor (r, c) preconditioner, or None for raw gradients
     key: dict = field(default_factory=dict)
+    exact: bool = False              # no projection: exact inner products (src/gradients/exact.py); projector None
 
     def __call__(self, model, batch) -> dict:
         """``{"g": [n, d]}`` for one batch (what the gradient pass stores)."""
@@ -52,7 +53,8 @@ class GradientSpec:
         """What keys the store: the projector, the head, the preconditioner (by content) and ``key``."""
         from src.cache import tensor_digest
 
-        return {"projector": self.projector.describe(), "head": self.head, "with_bias": self.with_bias,
+        projector = {"kind": "exact"} if self.exact else self.projector.describe()
+        return {"projector": projector, "head": self.head, "with_bias": self.with_bias,
                 "factors": None if self.factors is None else [tensor_digest(f) for f in self.factors], **self.key}
 
 

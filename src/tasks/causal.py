@@ -58,7 +58,7 @@ def _item_length(item) -> int:
     return sum(len(x) for x in item if isinstance(x, str))
 
 
-PROJECTIONS = ("factored", "dense")
+PROJECTIONS = ("factored", "dense", "exact")
 PRECONDITIONERS = ("none", "adafactor")
 
 
@@ -150,7 +150,7 @@ class CausalLMTask(Task):
         loader = DataLoader(self.training_items(examples, tokenizer), batch_size=ft.batch_size, shuffle=True,
                             collate_fn=self.collate(tokenizer), generator=torch.Generator().manual_seed(self.cfg.rng))
         return fit(model, loader, ft, self.cfg.trainer, self.cfg.rng, logger, prefix, loss_fn=token_mean_loss,
-                   monitor=monitor)
+                   monitor=monitor, head=self.cfg.model.head)
 
     def _nll(self, model, tokenizer, items: list, batch_size: int) -> dict:
         """Per-item summed response NLL (``nll``) and response-token count (``n``)."""
@@ -171,6 +171,8 @@ class CausalLMTask(Task):
     def _projector(self, pair):
         W = pair.state0[f"{self.cfg.model.head}.weight"]
         kind = self.cfg.gradient.get("projection", "auto")
+        if kind == "exact":
+            return None
         if kind in ("auto", "factored"):
             return FactoredProjector(W.shape[0], W.shape[1], d=self.cfg.d, seed=self.cfg.projector.seed)
         from hydra.utils import instantiate
@@ -210,8 +212,10 @@ class CausalLMTask(Task):
         positions = functools.partial(response_positions, head=head)
         factors = self._factors(pair, seed, autolabels, alphas, self.gradient_items, collate, positions)
         g = self.cfg.gradient
+        exact = projector is None  # the target comes with the exact rows (src/gradients/exact.py)
         return GradientSpec(items=self.gradient_items, collate=collate, positions=positions, head=head,
-                            projector=projector, target=layer_target(pair.state0, pair.statef, head, projector),
+                            projector=projector, exact=exact,
+                            target=None if exact else layer_target(pair.state0, pair.statef, head, projector),
                             factors=factors,
                             key={"loss": "token_sum", "precondition": g.get("precondition", "none"),
                                  "precondition_rows": g.get("precondition_rows"), **self.fields()})

@@ -40,7 +40,8 @@ class ClassificationTask(Task):
         from src.training import fit_classifier
 
         return fit_classifier(model, tokenizer, examples["text"], examples["label"], ft, self.cfg.trainer,
-                              rng=self.cfg.rng, logger=logger, prefix=prefix, monitor=monitor)
+                              rng=self.cfg.rng, logger=logger, prefix=prefix, monitor=monitor,
+                              head=self.cfg.model.head)
 
     # -- examples -----------------------------------------------------------------
     def true_examples(self, ds, idx=None) -> dict:
