@@ -142,7 +142,7 @@ def test_with_a_given_thetaf_label_words_and_prompt_key_autolabels_and_gradients
 def test_classify_lm_end_to_end(clm_cfg, tmp_path):
     res = run(clm_cfg("baselines=[topk,random,expert]"), tmp_path / "run")
     assert res["task"] == "classify_lm" and res["metric"] == "accuracy"
-    assert [r["selector"] for r in res["results"]] == ["select", "topk", "random", "expert"]
+    assert [r["selector"] for r in res["results"]] == ["select_balanced", "topk", "random", "expert"]
     for r in res["results"]:
         assert 0 <= r["accuracy"] <= 1 and r["k"] == 8
         assert 1 <= r["best_epoch"] <= r["epochs_run"] <= 2 and len(r["epoch_scores"]) == r["epochs_run"]
@@ -174,7 +174,7 @@ def test_exact_projection_keeps_every_inner_product_of_the_dense_gradients(clm_c
 def test_a_selector_with_its_own_gradient_options_selects_on_its_own_store(clm_cfg, tmp_path):
     import json
 
-    res = run(clm_cfg("P=1", "gradient.precondition=adafactor", "baselines=[select_paper]",
+    res = run(clm_cfg("P=1", "selector=select", "gradient.precondition=adafactor", "baselines=[select_paper]",
                       "retrain.epochs=1", f"cache_dir={tmp_path / 'cache'}"), tmp_path / "run")
     assert [r["selector"] for r in res["results"]] == ["select", "select_paper"]
     stores = [json.loads(p.read_text())["config"]["spec"]["precondition"]
@@ -188,7 +188,7 @@ def test_a_selectors_gradient_options_are_checked_before_any_data(clm_cfg, tmp_p
 
     from src.selectors.registry import build_selectors
 
-    cfg = clm_cfg()
+    cfg = clm_cfg("selector=select", "gradient.precondition=adafactor")
     with pytest.raises(UserError, match="unknown option"):
         from src.checks import preflight
 

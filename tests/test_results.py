@@ -61,13 +61,14 @@ def test_reference_rows_follow_each_group_of_keys():
 
 def test_optional_numeric_columns_appear_when_the_rows_carry_them(monkeypatch):
     runs = seeds(select=(0.9, 0.9), random=(0.8, 0.8))
-    assert "leaked share" not in table(aggregate(runs))[0]
+    assert "of them trained" not in table(aggregate(runs))[0]
     for res, share in zip(runs, (0.5, 0.3)):
         res["results"][0]["leaked_share"] = share
         res["results"][1]["leaked_share"] = None  # no leaked rows in the seed corpus: not a number
         res["results"][0]["precision_at_k"] = share / 2
     columns, cells = table(aggregate(runs))
-    assert cells[0][columns.index("leaked share")] == "0.40 ± 0.14" and cells[1][columns.index("leaked share")] == ""
+    col = columns.index("of them trained")
+    assert cells[0][col] == "0.400 ± 0.141" and cells[1][col] == ""
     assert "precision@k" not in columns
     # A new per-selector number is one entry in COLUMNS.
     monkeypatch.setattr(results, "COLUMNS", (*results.COLUMNS, Column("precision_at_k", "precision@k", ".3f")))

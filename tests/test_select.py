@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from src.selectors.base import SelectionContext
 from src.selectors.greedy import objective_trace
 from tests.conftest import LargestTensor
+from src.errors import UserError
 from src.reference import greedy_select_naive
 from src.selectors.select import SelectSelector, greedy_select
 from src.selectors.topk import TopKSelector, alignment
@@ -147,3 +148,24 @@ def test_centred_first_pick_is_centred_topk_first_pick():
     G, t = rand(3, 50, 7, seed=13)
     ctx = SelectionContext(n_seed=50, labels=None, logp_f=None, logp_0=None, grads=G, target=t)
     assert SelectSelector(center=True)(ctx, 1).indices.tolist() == TopKSelector(center=True)(ctx, 1).indices.tolist()
+
+
+def test_class_balanced_select_gives_each_class_its_share_picked_by_greedy_within_it():
+    from src.selectors.select import class_quotas
+
+    G, t = rand(2, 60, 6, seed=9)
+    labels = torch.tensor([0] * 30 + [1] * 25 + [2] * 5)
+    ctx = SelectionContext(n_seed=60, labels=labels, logp_f=torch.zeros(60), logp_0=torch.zeros(60), grads=G,
+                           target=t)
+    sel = SelectSelector(balance="classes")(ctx, 18)
+    picks = sel.indices
+    assert class_quotas(labels, 18) == {0: 7, 1: 6, 2: 5}  # class 2 holds only 5: its last pick goes to class 0
+    assert [int((labels[picks] == c).sum()) for c in range(3)] == [7, 6, 5]
+    for c, n in class_quotas(labels, 18).items():
+        members = (labels == c).nonzero().squeeze(1)
+        want, _ = greedy_select_naive(G[:, members], t, n)
+        assert sorted(picks[labels[picks] == c].tolist()) == sorted(members[want].tolist())
+    assert sel.objective[-1] == pytest.approx(objective_trace(G, t, picks.tolist())[-1])
+    with pytest.raises(UserError, match="needs class autolabels"):
+        SelectSelector(balance="classes")(SelectionContext(n_seed=60, labels=None, logp_f=torch.zeros(60),
+                                                           logp_0=torch.zeros(60), grads=G, target=t), 5)

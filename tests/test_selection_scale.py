@@ -233,3 +233,18 @@ def test_centring_a_float16_store_with_a_dominant_mean_stays_accurate():
     _, oref = greedy_select_naive(half.double(), t, 20, center=True)
     _, obj = greedy_select(half, t, 20, center=True)
     assert (obj - oref).abs().max() < 2e-3 * oref.abs().max()
+
+
+def test_a_subset_of_rows_selects_as_the_same_rows_in_ram(tmp_path):
+    from src.selectors.rows import SubsetRows
+
+    G, t = rand(2, 70, 8, seed=21, shift=0.5)
+    idx = torch.tensor([1, 4, 5, 9, 17, 18, 30, 33, 41, 42, 43, 60, 61, 69])
+    for mode in ("per_checkpoint", "shared"):
+        want, wobj = greedy_select_naive(G[:, idx], t, 6, center=True, running_sum=mode)
+        for src in (TensorRows(G, block_rows=8), to_store(tmp_path / mode, G, 16)):
+            sub = SubsetRows(src, idx)
+            assert sub.shape == (2, 14, 8) and sum(len(b) for _, _, b in sub.blocks()) == 2 * 14
+            got, gobj = greedy(sub, t, 6, center=True, running_sum=mode)
+            assert got.tolist() == want.tolist()
+            torch.testing.assert_close(gobj, wobj, rtol=1e-6, atol=1e-6)

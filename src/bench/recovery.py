@@ -35,9 +35,12 @@ WORLDS = {
     "smollm2": {"n_train": {"classify_lm": 800, "lm": 600},
                 "overrides": ["finetune=paper", "finetune.epochs=2", "gradient.batch_size=32"]},
 }
+SPLITS = {"classify_lm": ["dataset.n_test=400", "dataset.n_val=200"], "lm": ["dataset.n_test=300", "dataset.n_val=100"]}
 SEEDS = {"classify_lm": ("wordnet_topics", "wordnet_other_topics"), "lm": ("wordnet_documents",
                                                                           "wordnet_documents_other_topics")}
-SELECTORS = ("random", "topk", "likelihood", "likelihood_ratio", "select_paper", "select_centered", "select")
+SELECTORS = ("random", "topk", "likelihood", "likelihood_ratio", "select_paper", "select_centered", "select",
+             "select_balanced")
+NEEDS_CLASSES, CLASS_TASKS = ("select_balanced",), ("classify_lm",)  # balance=classes needs class autolabels
 # Gradient variants for the diagnostics: (name, overrides). Each keys its own store; θf and autolabels are shared.
 VARIANTS = {
     "θf, raw": ["checkpoints=theta_f", "P=1", "gradient.precondition=none"],
@@ -54,7 +57,7 @@ def world_overrides(lm: str, task: str, rng: int, n_other: int, n_plant: int) ->
     return [f"task={task}", f"model={lm}", f"dataset={dataset}", f"seed={seed}", "logger=none",
             "trainer.progress_bar=false", f"rng={rng}", f"dataset.n_train={n_train}", f"seed.max_examples={n_other}",
             f"seed.leak_fraction={n_plant // 2 / n_train}", f"seed.unseen_rows={n_plant - n_plant // 2}",
-            *WORLDS[lm]["overrides"]]
+            *SPLITS[task], *WORLDS[lm]["overrides"]]
 
 
 def candidates(leaked, unseen, share: float, rng: int):
@@ -79,6 +82,7 @@ def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list
     from src.selectors.base import SelectionContext
     from src.selectors.rows import TensorRows
     from src.stages import autolabel, gradients, load_models, load_task_data
+    from src.tasks import get_task
 
     data, task = load_task_data(cfg)
     pair = load_models(cfg, data, task)
@@ -86,7 +90,8 @@ def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list
     leaked, unseen = torch.tensor(data.seed["leaked"]), torch.tensor(data.seed["unseen"])
     out = []
     for vname, (vcfg, names) in variants.items():
-        G, target = gradients(vcfg, pair, data, labels, task)
+        # A task reads its gradient options from its config: one per variant.
+        G, target = gradients(vcfg, pair, data, labels, get_task(vcfg, data.task.classes))
         for share in shares:
             idx, k = candidates(leaked, unseen, share, int(cfg.rng))
             ctx = SelectionContext(n_seed=len(idx), labels=None if labels.get("labels") is None else labels["labels"][idx],
@@ -100,6 +105,23 @@ def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list
                 out.append(row)
         log(f"  {vname}: " + ", ".join(f"{r['selector']} {r['precision']:.2f}" for r in out
                                        if r["variant"] == vname and r["share"] == shares[len(shares) // 2]))
+    return out
+
+
+def default_variants(cfg, selectors: dict) -> dict:
+    """The run's own gradients ("default") and one variant per distinct ``gradients:`` set a selector
+    config names (e.g. select_paper's raw gradients), as the pipeline's ``selection_contexts``."""
+    from src.pipeline import _options_key
+    from src.selectors.registry import with_gradient_options
+
+    groups: dict[str, list[str]] = {}
+    for name, sel in selectors.items():
+        groups.setdefault(_options_key(sel), []).append(name)
+    out = {}
+    for key, names in groups.items():
+        opts = json.loads(key) if key else {}
+        label = "default" if not key else ", ".join(f"{k}={v}" for k, v in opts.items())
+        out[label] = (with_gradient_options(cfg, opts) if key else cfg, names)
     return out
 
 
@@ -165,8 +187,9 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 base = world_overrides(lm, task, rng, args.n_other, args.n_plant) + list(args.overrides)
                 cfg = compose_config(base)
-                selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(args.selectors)}]"]))
-                variants = {"default": (cfg, list(selectors))}
+                names = [s for s in args.selectors if task in CLASS_TASKS or s not in NEEDS_CLASSES]
+                selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(names)}]"]))
+                variants = default_variants(cfg, selectors)
                 if args.diagnostics:
                     variants.update({name: (compose_config([*base, *o]), ["select", "topk"])
                                      for name, o in VARIANTS.items()})

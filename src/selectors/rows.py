@@ -212,10 +212,43 @@ class MeanStoreRows(Rows):
         return self.rows.gather(idx).to(self.dtype).mean(0, keepdim=True)
 
 
+class SubsetRows(Rows):
+    """Rows ``idx`` (sorted, distinct) of another source as a [P, len(idx), d] source, read through its blocks:
+    out of core when the source is, with row i of the subset being row ``idx[i]`` of the source."""
+
+    def __init__(self, rows: Rows, idx: torch.Tensor):
+        self.rows, self.idx = rows, torch.as_tensor(idx, dtype=torch.long).sort().values
+        self.shape = (rows.shape[0], len(self.idx), rows.shape[2])
+        self.dtype, self.device, self.resident = rows.dtype, rows.device, None
+        self._sq = None
+
+    def _range(self, lo: int, hi: int) -> tuple[int, int]:
+        a, b = torch.searchsorted(self.idx, torch.tensor([lo, hi]))
+        return int(a), int(b)
+
+    def block_bounds(self):
+        return [(j, *r) for j, lo, hi in self.rows.block_bounds() if (r := self._range(lo, hi))[1] > r[0]]
+
+    def blocks(self):
+        for j, lo, blk in self.rows.blocks():
+            a, b = self._range(lo, lo + len(blk))
+            if b > a:  # the subset's rows in this block, at their positions in the subset
+                yield j, a, blk[(self.idx[a:b] - lo).to(blk.device)]
+
+    def gather(self, idx):
+        return self.rows.gather(self.idx[torch.as_tensor(idx, dtype=torch.long).cpu()])
+
+    def sq_norms(self):
+        sq = self.rows.sq_norms()
+        return None if sq is None else sq[:, self.idx.to(sq.device)]
+
+
 def checkpoint_mean(rows: Rows) -> Rows:
     """[1, N, d]: each row's gradient averaged over the checkpoints (SELECT's ``running_sum=shared``)."""
     if rows.shape[0] == 1:
         return rows
+    if isinstance(rows, SubsetRows):  # the mean's rows, subset: out of core whenever the source is
+        return SubsetRows(checkpoint_mean(rows.rows), rows.idx)
     if isinstance(rows, StoreRows) and rows.resident is None:
         return MeanStoreRows(rows)
     G = rows.resident.G if isinstance(rows, StoreRows) else rows.G

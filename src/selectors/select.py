@@ -26,6 +26,11 @@ Choices the paper leaves open are config options (defaults in conf/selector/sele
   seed example shares (e.g. the LM head's push towards frequent tokens) then neither scores
   nor fills the running sum; only what sets an example apart from the corpus does.
 
+- ``balance``: ``none``, or ``classes``: an equal share of the k picks per autolabel class (a class with too
+  few rows gives what it cannot fill to the others), each share picked by greedy within its class, so a
+  class whose gradients dominate the target cannot take every pick (label-word and fresh-head tasks).
+  The objective then reported is the formula above for the union of the picks, in pick order.
+
 - ``method``: ``exact`` (default) scores every candidate at every step, one pass over the matrix
   per pick; for corpora where k passes are too slow, ``batched`` runs exact steps inside a pool of
   the ``pool`` best-scoring rows and one pass per ``batch`` picks (src/selectors/batched.py), and
@@ -46,8 +51,8 @@ import torch.nn.functional as F
 
 from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector, state_path
-from src.selectors.greedy import METHODS, MODES, greedy
-from src.selectors.rows import as_rows
+from src.selectors.greedy import METHODS, MODES, greedy, objective_trace
+from src.selectors.rows import SubsetRows, as_rows
 
 def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
                   reset_every: int | None = None, normalize: bool = False, center: bool = False, chunk: int = 16384,
@@ -64,13 +69,33 @@ def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "pe
                   center=center, **kw)
 
 
+BALANCE = ("none", "classes")
+
+
+def class_quotas(labels: torch.Tensor, k: int) -> dict[int, int]:
+    """Picks per class: an equal share of k (the largest classes take the remainder), and what a class
+    cannot fill from its own rows spread over the classes that can."""
+    classes, sizes = torch.unique(labels, return_counts=True)
+    quota = {int(c): 0 for c in classes}
+    room = {int(c): int(n) for c, n in zip(classes, sizes)}
+    left = int(k)
+    while left > 0 and any(room[c] > quota[c] for c in quota):
+        open_ = sorted((c for c in quota if room[c] > quota[c]), key=lambda c: -room[c])
+        share, extra = divmod(left, len(open_))
+        for i, c in enumerate(open_):
+            add = min(share + (i < extra), room[c] - quota[c])
+            quota[c] += add
+            left -= add
+    return {c: n for c, n in quota.items() if n}
+
+
 class SelectSelector(Selector):
     name = "select"
     needs_gradients = True
 
     def __init__(self, running_sum: str = "per_checkpoint", reset_every: int | None = None, normalize: bool = False,
                  center: bool = False, method: str = "exact", epsilon: float = 0.01, batch: int = 100,
-                 pool: int = 1000, name: str = "select"):
+                 pool: int = 1000, balance: str = "none", name: str = "select"):
         # Checked here, when the job's selectors are built, before any data or model is loaded.
         if running_sum not in MODES:
             raise UserError(f"select: running_sum must be one of {list(MODES)}, got '{running_sum}'")
@@ -78,6 +103,9 @@ class SelectSelector(Selector):
             raise UserError(f"select: method must be one of {list(METHODS)}, got '{method}'")
         if not 0 < float(epsilon) < 1:
             raise UserError(f"select: epsilon must be in (0, 1), got {epsilon}")
+        if balance not in BALANCE:
+            raise UserError(f"select: balance must be one of {list(BALANCE)}, got '{balance}'")
+        self.balance = balance
         self.name = name  # a variant's config (e.g. select_centered) names its own result row
         self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center,
                        method=method, epsilon=epsilon, batch=batch, pool=pool)
@@ -87,12 +115,26 @@ class SelectSelector(Selector):
         """The options that define the objective (the rest say only how it is maximised)."""
         return {k: self.kw[k] for k in ("running_sum", "reset_every", "normalize", "center")}
 
+    def _greedy(self, ctx, rows, k, tag=""):
+        return greedy(rows, ctx.target, k, seed=ctx.rng, precision=ctx.precision, progress=ctx.progress,
+                      checkpoint=state_path(ctx, self.name + tag, self.kw), checkpoint_every_s=ctx.checkpoint_every_s,
+                      **self.kw)
+
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)
         t0 = time.perf_counter()
-        idx, obj = greedy(rows, ctx.target, k, seed=ctx.rng, precision=ctx.precision, progress=ctx.progress,
-                          checkpoint=state_path(ctx, self.name, self.kw), checkpoint_every_s=ctx.checkpoint_every_s,
-                          **self.kw)
+        if self.balance == "classes":
+            if ctx.labels is None:
+                raise UserError(f"{self.name}: balance=classes needs class autolabels; this task has none")
+            parts = []
+            for c, n in class_quotas(ctx.labels, k).items():
+                members = (ctx.labels == c).nonzero().squeeze(1)
+                picks, _ = self._greedy(ctx, SubsetRows(rows, members), n, tag=f"-class{c}")
+                parts.append(members[picks])
+            idx = torch.cat(parts)
+            obj = torch.tensor(objective_trace(rows, ctx.target, idx.tolist(), **self.objective_options))
+        else:
+            idx, obj = self._greedy(ctx, rows, k)
         return Selection(idx, objective=obj, info={"objective_first": float(obj[0]), "objective_last": float(obj[-1]),
                                     "objective_max": float(obj.max()), "device": str(rows.device),
                                     "method": self.kw["method"], "seconds": time.perf_counter() - t0})
