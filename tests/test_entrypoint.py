@@ -19,11 +19,12 @@ def main(*args, tmp_path):
 
 def test_end_to_end_prints_table_and_writes_results(tmp_path):
     run_dir = tmp_path / "run"
-    p = main(f"hydra.run.dir={run_dir}", tmp_path=tmp_path)  # W&B through the CLI: tests/test_report.py
+    # Every baseline end to end, in-process: tests/test_pipeline.py; W&B through the CLI: tests/test_report.py.
+    p = main(f"hydra.run.dir={run_dir}", "baselines=[random,expert]", tmp_path=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((run_dir / "results.json").read_text())
     names = [r["selector"] for r in res["results"]]
-    assert names == ["select", "topk", "random", "likelihood", "likelihood_ratio", "expert"]
+    assert names == ["select", "random", "expert"]
     for name in names:
         assert name in p.stdout  # the printed comparison table
     assert "OT distance" in p.stdout

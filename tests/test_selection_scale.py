@@ -1,5 +1,6 @@
 """Selection at scale: any source or block size gives the reference's picks; out of core under a memory
 limit; resume after a kill; stored-dtype passes within float16 precision; stochastic greedy keeps the objective."""
+import functools
 import json
 import os
 import subprocess
@@ -201,21 +202,33 @@ def test_batched_greedy_keeps_the_objective_on_planted_data(tmp_path):
     assert greedy_select(G.half(), t, k, method="batched", batch=10, pool=100, checkpoint=ck)[0].tolist() == full.tolist()
 
 
+OPTIONS = {"plain": {}, "normalize": {"normalize": True}, "shared": {"running_sum": "shared"}}
+
+
+@functools.cache
+def _dominant_mean_references():
+    """float16 rows whose seed mean dominates, and float64 naive greedy's picks on them (computed once for
+    the three methods below)."""
+    G, t = rand(2, 3000, 256, seed=10, shift=30.0)
+    half = G.half()
+    refs = {name: greedy_select_naive(half.double(), t, 20, center=True, **o)[0] for name, o in OPTIONS.items()}
+    return half, t, {**refs, "alignment": alignment_naive(half.double(), t, center=True)}
+
+
 @pytest.mark.parametrize("method", ["exact", "stochastic", "batched"])
 def test_centring_a_float16_store_with_a_dominant_mean_agrees_with_float64(tmp_path, method):
     # The pipeline's path: a float16 store whose shards carry ‖g‖² (so no widening stats pass is needed
     # for norms), rows whose seed mean ḡ is 30× their private parts (‖ḡ‖² ≈ 900× ‖g − ḡ‖², as on LM heads).
     # Every centred quantity must match float64 arithmetic on the same float16 numbers.
-    G, t = rand(2, 3000, 256, seed=10, shift=30.0)
-    half = G.half()
+    half, t, refs = _dominant_mean_references()
     store = to_store(tmp_path, half, 1024)
     assert store.sq_norms() is not None and store.dtype == torch.float16
     exact = half.double()
-    ref = alignment_naive(exact, t, center=True)
+    ref = refs["alignment"]
     assert (alignment(store, t, center=True).double() - ref).abs().max() < 1e-5 * ref.abs().max()
     kw = dict(center=True, method=method, batch=5, pool=300)
-    for opts in (dict(), dict(normalize=True), dict(running_sum="shared")):
-        iref, oref = greedy_select_naive(exact, t, 20, center=True, **opts)
+    for name, opts in OPTIONS.items():
+        iref = refs[name]
         idx, obj = greedy(store, t, 20, **kw, **opts)
         trace = torch.tensor(objective_trace(exact, t, idx.tolist(), center=True, **opts), dtype=torch.float64)
         # Whatever it picked, the objective it reports is that of its picks. Each step's products are rounded
@@ -224,6 +237,8 @@ def test_centring_a_float16_store_with_a_dominant_mean_agrees_with_float64(tmp_p
         assert (obj - trace).abs().max() < 5e-4 * trace.abs().max(), (method, opts)
         if method == "exact":
             assert idx.tolist() == iref.tolist(), opts
+
+
 def test_centring_a_float16_store_with_a_dominant_mean_stays_accurate():
     # ‖ḡ‖² is 100× the rows' private parts: ‖g − ḡ‖² from ‖g‖² − 2⟨g, ḡ⟩ + ‖ḡ‖² cancels, so ⟨g, ḡ⟩ is widened.
     G, t = rand(1, 3000, 512, seed=10, shift=10.0)

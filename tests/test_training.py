@@ -22,7 +22,7 @@ def test_fit_classifier_reduces_training_loss():
     model = tiny_model().float()
     tok, batch = encode(TEXTS)
     labels = [0, 1, 2, 1]
-    ft = OmegaConf.create({"epochs": 30, "batch_size": 4, "lr": 3e-2, "weight_decay": 0.0, "warmup_ratio": 0.1,
+    ft = OmegaConf.create({"epochs": 16, "batch_size": 4, "lr": 3e-2, "weight_decay": 0.0, "warmup_ratio": 0.1,
                            "max_length": 16, "max_steps": None})
     loss = lambda: torch.nn.functional.cross_entropy(model(**batch).logits, torch.tensor(labels)).item()  # noqa: E731
     before = loss()

@@ -21,6 +21,7 @@ Writes ``<out>/<time>/recovery.json`` (every number) and ``summary.txt`` (the ta
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -48,7 +49,12 @@ VARIANTS = {
     "θ0, raw": ["checkpoints=theta_0", "P=1", "gradient.precondition=none"],
     "θ0, Adafactor": ["checkpoints=theta_0", "P=1", "gradient.precondition=adafactor"],
     "path P=3, raw": ["checkpoints=theta_f", "P=3", "gradient.precondition=none"],
+    "θf, raw, exact": ["checkpoints=theta_f", "P=1", "gradient.precondition=none", "gradient.projection=exact"],
 }
+EXACT_TASKS = ("classify_lm",)  # projection=exact needs one-position gradients
+# The head-only diagnostic is a world of its own: θf trains the LM head alone (on frozen features), the case
+# where per-example last-layer gradients model θf − θ0 exactly.
+HEAD_ONLY = ["finetune.train=head", "finetune.lr=1e-3"]  # a head alone moves little at the body's 1e-4
 
 
 def world_overrides(lm: str, task: str, rng: int, n_other: int, n_plant: int) -> list[str]:
@@ -169,7 +175,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n-other", type=int, default=2000, help="other-topic seed rows")
     ap.add_argument("--n-plant", type=int, default=500, help="planted rows available (half trained, half unseen)")
     ap.add_argument("--selectors", nargs="+", default=list(SELECTORS))
-    ap.add_argument("--diagnostics", action="store_true", help="also SELECT on every gradient variant")
+    ap.add_argument("--diagnostics", action="store_true", help="also SELECT and top-k on every gradient variant")
+    ap.add_argument("--head-only", action="store_true", help="also worlds whose θf trains the LM head alone")
     ap.add_argument("--out", default="outputs/bench/recovery")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every world")
     args = ap.parse_args(argv)
@@ -181,23 +188,22 @@ def main(argv=None) -> None:
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for lm in args.lms:
-        for task in args.tasks:
-            for rng in args.seeds:
-                t0 = time.perf_counter()
-                base = world_overrides(lm, task, rng, args.n_other, args.n_plant) + list(args.overrides)
-                cfg = compose_config(base)
-                names = [s for s in args.selectors if task in CLASS_TASKS or s not in NEEDS_CLASSES]
-                selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(names)}]"]))
-                variants = default_variants(cfg, selectors)
-                if args.diagnostics:
-                    variants.update({name: (compose_config([*base, *o]), ["select", "topk"])
-                                     for name, o in VARIANTS.items()})
-                print(f"{lm} {task} rng={rng}", flush=True)
-                for r in score_world(cfg, selectors, variants, args.shares):
-                    rows.append({"lm": lm, "task": task, "rng": rng, **r})
-                print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)
-                (out / "recovery.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    thetafs = {"full": []} | ({"head-only": HEAD_ONLY} if args.head_only else {})
+    for lm, task, (thetaf, extra), rng in itertools.product(args.lms, args.tasks, thetafs.items(), args.seeds):
+        t0 = time.perf_counter()
+        base = world_overrides(lm, task, rng, args.n_other, args.n_plant) + extra + list(args.overrides)
+        cfg = compose_config(base)
+        names = [s for s in args.selectors if task in CLASS_TASKS or s not in NEEDS_CLASSES]
+        selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(names)}]"]))
+        variants = default_variants(cfg, selectors)
+        if args.diagnostics:
+            variants.update({name: (compose_config([*base, *o]), ["select", "topk"])
+                             for name, o in VARIANTS.items() if "exact" not in name or task in EXACT_TASKS})
+        print(f"{lm} {task} θf={thetaf} rng={rng}", flush=True)
+        for r in score_world(cfg, selectors, variants, args.shares):
+            rows.append({"lm": lm if thetaf == "full" else f"{lm}, {thetaf} θf", "task": task, "rng": rng, **r})
+        print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)
+        (out / "recovery.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     summary = summarise(rows)
     text = format_tables(summary, args.shares)
     (out / "recovery.json").write_text(json.dumps({"args": vars(args), "rows": rows, "summary": summary}, indent=2))
