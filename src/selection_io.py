@@ -4,7 +4,7 @@ For every selector a run writes, next to ``selections/<name>.json`` (indices and
 
     selections/<name>/selection.jsonl     one row per pick, in pick order
     selections/<name>/selection.parquet   the same rows
-    scores.parquet                        every seed row: alignment, log p_θf, log p_θ0 (once per run)
+    scores.parquet                        every seed row: alignment, log p_θf, log p_θ0, group (once per run)
 
 Columns of a selection: ``rank`` (1 = first pick), ``row`` (index into the seed corpus, or the true
 data for ``source == "true"``), ``source``, ``id``, then the task's own training columns exactly as
@@ -77,6 +77,8 @@ def write_table(cols: dict, folder: Path, stem: str, jsonl: bool = True) -> data
 def write_scores(out_dir: Path, seed, labels: dict, align: torch.Tensor | None) -> None:
     """Every seed row's scores, so picks can be re-ranked or thresholded without rerunning."""
     cols = {"row": list(range(len(seed))), "id": list(seed["id"]), "text": list(seed["text"])}
+    if "group" in seed.column_names:  # the corpus's own topic of each row: base rates for the picks' groups
+        cols["group"] = list(seed["group"])
     if align is not None:
         cols["alignment"] = align.tolist()
     cols["logp_f"], cols["logp_0"] = labels["logp_f"].tolist(), labels["logp_0"].tolist()
