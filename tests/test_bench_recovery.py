@@ -33,6 +33,8 @@ def test_each_selector_scores_on_the_gradients_its_config_names():
                                                        "precondition=none": ["select_paper", "select_balanced"]}
     assert variants["default"][0].gradient.precondition == "adafactor"
     assert variants["precondition=none"][0].gradient.precondition == "none"
+    raw = default_variants(compose_config(base), sels)  # a raw run: select_paper's raw gradients are its own
+    assert list(raw) == ["default"] and sorted(raw["default"][1]) == ["random", "select", "select_balanced", "select_paper"]
     assert "seed.leak_fraction=0.15625" in base and "seed.unseen_rows=250" in base
 
 

@@ -117,12 +117,15 @@ def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list
 def default_variants(cfg, selectors: dict) -> dict:
     """The run's own gradients ("default") and one variant per distinct ``gradients:`` set a selector
     config names (e.g. select_paper's raw gradients), as the pipeline's ``selection_contexts``."""
-    from src.pipeline import _options_key
-    from src.selectors.registry import with_gradient_options
+    from omegaconf import OmegaConf
+
+    from src.selectors.registry import GRADIENT_OPTIONS, with_gradient_options
 
     groups: dict[str, list[str]] = {}
     for name, sel in selectors.items():
-        groups.setdefault(_options_key(sel), []).append(name)
+        # Options equal to the run's own name the run's gradients (e.g. select_paper's raw ones on a raw run).
+        own = {k: v for k, v in (sel.gradients or {}).items() if OmegaConf.select(cfg, GRADIENT_OPTIONS[k]) != v}
+        groups.setdefault(json.dumps(own, sort_keys=True) if sel.needs_gradients and own else "", []).append(name)
     out = {}
     for key, names in groups.items():
         opts = json.loads(key) if key else {}
