@@ -65,10 +65,15 @@ def preflight(cfg, selectors: dict) -> None:
     """Cheap checks of everything a user names (mode, devices, model paths, selectors vs data, the
     gradient options a selector asks for)."""
     from src.selectors.registry import with_gradient_options
+    from src.tasks import task_class
 
     for sel in selectors.values():
         if sel.gradients:
             validate(with_gradient_options(cfg, sel.gradients))
+    needs_classes = [name for name, s in selectors.items() if s.needs_classes]
+    if needs_classes and task_class(cfg).data_kind != "labelled":
+        raise UserError(f"selector(s) {needs_classes} balance picks over autolabel classes, which task={cfg.task} "
+                        "does not have; drop them from baselines or use select / topk")
     mode = cfg.get("mode", "experiment")
     if mode not in ("experiment", "recover"):
         raise UserError(f"mode must be 'experiment' or 'recover', got '{mode}'")

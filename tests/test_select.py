@@ -169,3 +169,15 @@ def test_class_balanced_select_gives_each_class_its_share_picked_by_greedy_withi
     with pytest.raises(UserError, match="needs class autolabels"):
         SelectSelector(balance="classes")(SelectionContext(n_seed=60, labels=None, logp_f=torch.zeros(60),
                                                            logp_0=torch.zeros(60), grads=G, target=t), 5)
+
+
+@pytest.mark.parametrize("task", ["lm", "sft"])
+def test_class_balance_on_a_task_without_classes_fails_before_any_compute(task):
+    from src.checks import preflight
+    from src.config import compose_config
+    from src.selectors.registry import build_selectors
+
+    cfg = compose_config([f"task={task}", "baselines=[random,select_balanced]"])
+    with pytest.raises(UserError, match=r"\['select_balanced'\] balance picks over autolabel classes"):
+        preflight(cfg, build_selectors(cfg))
+    preflight(cfg, build_selectors(compose_config([f"task={task}", "baselines=[random]"])))  # the rest passes

@@ -41,7 +41,6 @@ SEEDS = {"classify_lm": ("wordnet_topics", "wordnet_other_topics"), "lm": ("word
                                                                           "wordnet_documents_other_topics")}
 SELECTORS = ("random", "topk", "likelihood", "likelihood_ratio", "select_paper", "select_centered", "select",
              "select_balanced")
-NEEDS_CLASSES, CLASS_TASKS = ("select_balanced",), ("classify_lm",)  # balance=classes needs class autolabels
 # Gradient variants for the diagnostics: (name, overrides). Each keys its own store; θf and autolabels are shared.
 VARIANTS = {
     "θf, raw": ["checkpoints=theta_f", "P=1", "gradient.precondition=none"],
@@ -187,6 +186,7 @@ def main(argv=None) -> None:
 
     from src.config import compose_config
     from src.selectors.registry import build_selectors
+    from src.tasks import task_class
 
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +196,9 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         base = world_overrides(lm, task, rng, args.n_other, args.n_plant) + extra + list(args.overrides)
         cfg = compose_config(base)
-        names = [s for s in args.selectors if task in CLASS_TASKS or s not in NEEDS_CLASSES]
-        selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(names)}]"]))
+        selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(args.selectors)}]"]))
+        if task_class(cfg).data_kind != "labelled":  # no autolabel classes to balance over (task=lm)
+            selectors = {n: s for n, s in selectors.items() if not s.needs_classes}
         variants = default_variants(cfg, selectors)
         if args.diagnostics:
             variants.update({name: (compose_config([*base, *o]), ["select", "topk"])

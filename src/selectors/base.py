@@ -49,6 +49,7 @@ class Selector:
     needs_gradients = False
     gradients: dict = {}     # gradient options this selector selects on (set from its config by the registry)
     needs_true_data = False  # picks from the hidden true data (only an experiment has it)
+    needs_classes = False    # needs class autolabels (classification tasks), checked before any compute
 
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         raise NotImplementedError

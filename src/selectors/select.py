@@ -29,7 +29,8 @@ Choices the paper leaves open are config options (defaults in conf/selector/sele
 - ``balance``: ``none``, or ``classes``: an equal share of the k picks per autolabel class (a class with too
   few rows gives what it cannot fill to the others), each share picked by greedy within its class, so a
   class whose gradients dominate the target cannot take every pick (label-word and fresh-head tasks).
-  The objective then reported is the formula above for the union of the picks, in pick order.
+  The objective then reported is the formula above for the union of the picks, in pick order. With
+  ``center``, each class's greedy centres on its own class mean.
 
 - ``method``: ``exact`` (default) scores every candidate at every step, one pass over the matrix
   per pick; for corpora where k passes are too slow, ``batched`` runs exact steps inside a pool of
@@ -106,6 +107,7 @@ class SelectSelector(Selector):
         if balance not in BALANCE:
             raise UserError(f"select: balance must be one of {list(BALANCE)}, got '{balance}'")
         self.balance = balance
+        self.needs_classes = balance == "classes"
         self.name = name  # a variant's config (e.g. select_centered) names its own result row
         self.kw = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center,
                        method=method, epsilon=epsilon, batch=batch, pool=pool)
