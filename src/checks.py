@@ -65,13 +65,12 @@ def preflight(cfg, selectors: dict) -> None:
     """Cheap checks of everything a user names (mode, devices, model paths, selectors vs data, the
     gradient options a selector asks for)."""
     from src.selectors.registry import with_gradient_options
-    from src.tasks import task_class
 
     for sel in selectors.values():
         if sel.gradients:
             validate(with_gradient_options(cfg, sel.gradients))
-    needs_classes = [name for name, s in selectors.items() if s.needs_classes]
-    if needs_classes and task_class(cfg).data_kind != "labelled":
+    needs_classes = without_classes(cfg, selectors)
+    if needs_classes:
         raise UserError(f"selector(s) {needs_classes} balance picks over autolabel classes, which task={cfg.task} "
                         "does not have; drop them from baselines or use select / topk")
     mode = cfg.get("mode", "experiment")
@@ -90,6 +89,15 @@ def preflight(cfg, selectors: dict) -> None:
                             "dataset does not have; drop them from baselines or give dataset=...")
     check_exists(str(cfg.model.name_or_path), "model.name_or_path")
     check_finetuned(finetuned, cfg.model.head)
+
+
+def without_classes(cfg, selectors: dict) -> list[str]:
+    """The selectors that need class autolabels, where the task has none (lm, sft)."""
+    from src.tasks import task_class
+
+    if task_class(cfg).data_kind == "labelled":
+        return []
+    return [name for name, s in selectors.items() if s.needs_classes]
 
 
 def check_device(trainer) -> None:

@@ -186,7 +186,7 @@ def main(argv=None) -> None:
 
     from src.config import compose_config
     from src.selectors.registry import build_selectors
-    from src.tasks import task_class
+    from src.checks import without_classes
 
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -197,8 +197,8 @@ def main(argv=None) -> None:
         base = world_overrides(lm, task, rng, args.n_other, args.n_plant) + extra + list(args.overrides)
         cfg = compose_config(base)
         selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(args.selectors)}]"]))
-        if task_class(cfg).data_kind != "labelled":  # no autolabel classes to balance over (task=lm)
-            selectors = {n: s for n, s in selectors.items() if not s.needs_classes}
+        for name in without_classes(cfg, selectors):  # no autolabel classes to balance over (task=lm)
+            del selectors[name]
         variants = default_variants(cfg, selectors)
         if args.diagnostics:
             variants.update({name: (compose_config([*base, *o]), ["select", "topk"])

@@ -220,7 +220,6 @@ class SubsetRows(Rows):
         self.rows, self.idx = rows, torch.as_tensor(idx, dtype=torch.long).sort().values
         self.shape = (rows.shape[0], len(self.idx), rows.shape[2])
         self.dtype, self.device, self.resident = rows.dtype, rows.device, None
-        self._sq = None
 
     def _range(self, lo: int, hi: int) -> tuple[int, int]:
         a, b = torch.searchsorted(self.idx, torch.tensor([lo, hi]))
