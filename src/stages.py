@@ -93,6 +93,14 @@ def cached(path: Path, compute, what: str) -> dict:
     return out
 
 
+def base_key(cfg) -> str:
+    """θ0's own key: the model config, the embedded LM's pretraining config when θ0 is that LM (its weights
+    are made from ``base_lm.*``), and the trainer's precision (θf is finetuned, and every log-likelihood and
+    gradient computed, at that precision). Every downstream key includes it through θf's key."""
+    made = str(cfg.model.name_or_path) == "base_lm"
+    return stable_hash("theta0", cfg.model, cfg.get("base_lm") if made else None, cfg.trainer.get("precision"))
+
+
 def load_models(cfg, data: Data, task) -> ModelPair:
     """θ0 (from the task) and θf (given by path, or finetuned on the true data and cached)."""
     model, tok = task.build_base(data.task)
@@ -106,9 +114,9 @@ def load_models(cfg, data: Data, task) -> ModelPair:
             statef = task.load_finetuned(given, data.task).state_dict()
         # The folder's file stamps and the base are in the key: a θf rewritten in place, or another θ0
         # under the same θf, must not reuse autolabels (log p_θ0) or gradients made from the old one.
-        key = stable_hash("given", given, cfg.rng, cfg.model.name_or_path, folder_stamp(given))
+        key = stable_hash("given", given, cfg.rng, base_key(cfg), folder_stamp(given))
     else:
-        key = stable_hash("thetaf", cfg.task, cfg.model, cfg.dataset, cfg.finetune, cfg.rng, task.fields())
+        key = stable_hash("thetaf", cfg.task, base_key(cfg), cfg.dataset, cfg.finetune, cfg.rng, task.fields())
 
         def finetune():
             log.info("models: finetuning θ0 on %d true examples to make θf (cached as %s)", len(data.task.train), key)
