@@ -132,8 +132,10 @@ def set_objective(grads, target, S, *, running_sum="per_checkpoint", normalize=F
 
 
 def greedy_select_naive(grads: torch.Tensor, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
-                        reset_every: int | None = None, normalize: bool = False, center: bool = False):
-    """At every step, form s_j + G[j, i] for every candidate and take its cosine directly."""
+                        reset_every: int | None = None, normalize: bool = False, center: bool = False,
+                        groups=None, caps=None):
+    """At every step, form s_j + G[j, i] for every candidate and take its cosine directly (with ``groups``
+    and ``caps``: only candidates whose group has fewer picks than its cap)."""
     G, t = _prepare(grads, target, normalize, running_sum, center)
     P, N, d = G.shape
     s = torch.zeros(P, d, dtype=G.dtype)
@@ -144,6 +146,11 @@ def greedy_select_naive(grads: torch.Tensor, target: torch.Tensor, k: int, *, ru
         score = F.cosine_similarity(s[:, None, :] + G, t[:, None, :], dim=-1, eps=1e-300).mean(0)
         for m in picks:
             score[m] = -float("inf")
+        if groups is not None:
+            for i in range(N):
+                g = int(groups[i])
+                if sum(int(groups[m]) == g for m in picks) >= int(caps.get(g, 0)):
+                    score[i] = -float("inf")
         m = int(torch.argmax(score))
         picks.append(m)
         objective.append(float(score[m]))

@@ -72,12 +72,15 @@ def test_topk_balanced_gives_each_class_an_equal_share_of_its_best_rows():
         assert set(mine) == set(rows[torch.argsort(-scores[rows])[:3]].tolist())
 
 
-def test_topk_balanced_fills_a_short_class_by_score_and_needs_labels():
+def test_topk_balanced_uses_select_balanced_quotas_and_needs_labels():
     from src.selectors.topk_balanced import balanced_top
 
     labels = torch.tensor([0, 0, 0, 0, 0, 1])
     scores = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
     assert sorted(balanced_top(scores, labels, 4).tolist()) == [0, 1, 2, 5]  # class 1 has one row only
+    labels = torch.tensor([0] * 30 + [1] * 25 + [2] * 5)  # the quotas of the select_balanced test: 7, 6, 5
+    picks = balanced_top(torch.arange(60.0), labels, 18)
+    assert [int((labels[picks] == c).sum()) for c in range(3)] == [7, 6, 5]
     c = ctx()
     c.labels = None
     from src.selectors.topk_balanced import TopKBalancedSelector

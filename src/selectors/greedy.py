@@ -143,15 +143,25 @@ def _save(path: Path, state: dict) -> None:
 
 def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=None, normalize=False, center=False,
            method="exact", epsilon=0.01, seed=0, precision="stored", progress=False, checkpoint=None,
-           checkpoint_every_s=10.0, on_step=None, batch=100, pool=1000):
-    """Greedy selection on a ``Rows`` source. Returns (indices [k] long, objective [k] float64), on the CPU."""
+           checkpoint_every_s=10.0, on_step=None, batch=100, pool=1000, groups=None, caps=None):
+    """Greedy selection on a ``Rows`` source. Returns (indices [k] long, objective [k] float64), on the CPU.
+
+    ``groups`` ([N] ints) with ``caps`` ({group: most picks}): one greedy over every row in which a group
+    that has its cap of picks takes no more (class-balanced SELECT), so the objective returned is the one
+    that greedy maximised.
+    """
     if method not in METHODS:
         raise UserError(f"select: method must be one of {METHODS}, got '{method}'")
+    if groups is not None and method == "batched":
+        raise UserError("select: per-class caps (balance=classes) need method=exact or stochastic, not batched")
     rows = selection_rows(rows, running_sum)
     P, N, d = rows.shape
     k = int(k)
     opts = dict(running_sum=running_sum, reset_every=reset_every, normalize=normalize, center=center, method=method,
                 epsilon=float(epsilon), seed=int(seed), precision=precision)
+    if groups is not None:
+        opts["caps"] = sorted((int(g), int(n)) for g, n in caps.items())
+        opts["groups"] = hashlib.sha256(torch.as_tensor(groups).cpu().numpy().tobytes()).hexdigest()
     if method == "stochastic":
         opts["k"] = k  # the sample size depends on k, so a prefix of a longer run is not this run
     if method == "batched":
@@ -176,13 +186,29 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
     sample = max(1, math.ceil(N / max(k, 1) * math.log(1 / float(epsilon)))) if method == "stochastic" else N
     s = torch.zeros(P, d, dtype=acc, device=dev)
     c = torch.zeros(P, N, dtype=acc, device=dev) if method == "exact" else None
-    taken = torch.zeros(N, dtype=torch.bool, device=dev)
+    taken = torch.zeros(N, dtype=torch.bool, device=dev)  # picked, or in a group that has its cap
+    groups = None if groups is None else torch.as_tensor(groups).to(dev)
+    count: dict[int, int] = {}
+
+    def take(m: int) -> None:
+        taken[m] = True
+        if groups is not None:
+            g = int(groups[m])
+            count[g] = count.get(g, 0) + 1
+            if count[g] >= int(caps.get(g, 0)):
+                taken[groups == g] = True
+
+    if groups is not None:
+        for g in torch.unique(groups).tolist():  # a group without a cap takes nothing
+            if int(caps.get(g, 0)) <= 0:
+                taken[groups == g] = True
     picks, objective = [], []
     if saved is not None:
         picks, objective = list(saved["picks"]), list(saved["objective"])
         s = saved["s"].to(dev)
         c = saved["c"].to(dev) if c is not None else None
-        taken[torch.tensor(picks, dtype=torch.long, device=dev)] = True
+        for m in picks:
+            take(int(m))
         gen.set_state(saved["rng"])
     state = lambda: {"key": key, "picks": picks, "objective": objective, "s": s, "c": c, "rng": gen.get_state()}  # noqa: E731
     last = time.monotonic()
@@ -208,7 +234,7 @@ def greedy(rows, target, k: int, *, running_sum="per_checkpoint", reset_every=No
             m, best = int(cand[i]), float(score[i])
         picks.append(m)
         objective.append(best)
-        taken[m] = True
+        take(m)
         u = _increment(rows, st, m)                                             # [P, d]
         if c is not None:
             c += centred_products(rows, st, u, precision)                       # c_j += G'_j u_j: one pass
