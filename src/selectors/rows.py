@@ -212,6 +212,31 @@ class MeanStoreRows(Rows):
         return self.rows.gather(idx).to(self.dtype).mean(0, keepdim=True)
 
 
+class MeanTensorRows(Rows):
+    """The checkpoint mean (1/P) Σ_j G[j] of a tensor as a [1, N, d] source, one block of rows at a time:
+    each block is averaged (widened to float32, or float64 for a float64 tensor) when it is read, so the
+    matrix is never copied whole in a wider dtype."""
+
+    def __init__(self, rows: TensorRows):
+        self.rows, self.device, self.block_rows = rows, rows.device, rows.block_rows
+        self.shape = (1, rows.shape[1], rows.shape[2])
+        self.dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        self.resident = None
+
+    def block_bounds(self):
+        N = self.shape[1]
+        return [(0, lo, min(lo + self.block_rows, N)) for lo in range(0, N, self.block_rows)]
+
+    def blocks(self):
+        G = self.rows.G
+        for _, lo, hi in self.block_bounds():
+            total = sum(G[j, lo:hi].to(self.device, self.dtype) for j in range(G.shape[0]))
+            yield 0, lo, total / G.shape[0]
+
+    def gather(self, idx):
+        return self.rows.gather(idx).to(self.dtype).mean(0, keepdim=True)
+
+
 class SubsetRows(Rows):
     """Rows ``idx`` (sorted, distinct) of another source as a [P, len(idx), d] source, read through its blocks:
     out of core when the source is, with row i of the subset being row ``idx[i]`` of the source."""
@@ -250,9 +275,7 @@ def checkpoint_mean(rows: Rows) -> Rows:
         return SubsetRows(checkpoint_mean(rows.rows), rows.idx)
     if isinstance(rows, StoreRows) and rows.resident is None:
         return MeanStoreRows(rows)
-    G = rows.resident.G if isinstance(rows, StoreRows) else rows.G
-    acc = torch.float64 if G.dtype == torch.float64 else torch.float32
-    return TensorRows(G.to(acc).mean(0, keepdim=True), device=rows.device, block_rows=getattr(rows, "block_rows", 16384))
+    return MeanTensorRows(rows.resident if isinstance(rows, StoreRows) else rows)
 
 
 def as_rows(grads, device=None, block_rows: int = 16384) -> Rows:
