@@ -48,12 +48,11 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector, state_path
-from src.selectors.greedy import METHODS, MODES, greedy, objective_trace
-from src.selectors.rows import SubsetRows, as_rows
+from src.selectors.greedy import METHODS, MODES, greedy
+from src.selectors.rows import as_rows
 
 def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
                   reset_every: int | None = None, normalize: bool = False, center: bool = False, chunk: int = 16384,
