@@ -152,6 +152,7 @@ def test_recover_cli_errors_are_one_line_and_leave_earlier_outputs(tmp_path, ear
     (["seed.leak_fraction=1.5"], r"leak_fraction must be in \[0, 1\]"),
     (["task=classify_lm", "gradient.precondition=adam"], r"gradient.precondition must be one of"),
     (["task=sft", "gradient.projection=sparse"], r"gradient.projection must be one of"),
+    (["task=classification", "model=smollm2"], r"model.name_or_path=gguf:.* is a causal LM: use task=classify_lm"),
 ])
 def test_options_with_fixed_values_fail_before_any_data_or_model(tiny_cfg, tmp_path, earlier, overrides, pattern,
                                                                   monkeypatch):

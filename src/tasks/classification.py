@@ -22,6 +22,14 @@ class ClassificationTask(Task):
     def fields(self) -> dict:
         return {"classes": self.classes}
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        name = str(cfg.model.name_or_path)
+        if name == "base_lm" or name.startswith("gguf:"):  # made or converted here as causal LMs only
+            raise UserError(f"task=classification puts a fresh classification head on a sequence classifier "
+                            f"(model=minilm, bert-base, ...); model.name_or_path={name} is a causal LM: use "
+                            "task=classify_lm, which classifies through its LM head")
+
     # -- models -------------------------------------------------------------------
     def build_base(self, data):
         """θ0: the base model with a new head seeded by ``rng`` (θf is finetuned from exactly this). When θf
