@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save
 
 from src.cache import atomic_write_bytes, atomic_write_json, file_sha256, stable_hash, text_fingerprint
 from src.data.loading import TaskData, load_seed, load_task, mix_in_true
-from src.errors import UserError
 from src.finetuned import check_head_changed, is_adapter, merge_adapter
 from src.gradients.exact import exact_rows
 from src.gradients.runner import GradientPassModule, gradient_pass
@@ -135,7 +134,7 @@ def autolabel(cfg, pair: ModelPair, data: Data, task) -> dict:
     """θf's labels (or generated responses) for the seed corpus, with log-likelihoods under θf and θ0."""
     # The texts' fingerprint, not the config, pins the corpus: exclusion and sampling happen before this.
     # The task's fields (prompt, label words, classes, decoding) are in it whether θf was made or given.
-    key = stable_hash("autolabel", cfg.task, pair.key, cfg.model.max_length, task.fields(),
+    key = stable_hash("autolabel", "token-stats", cfg.task, pair.key, cfg.model.max_length, task.fields(),
                       text_fingerprint(data.seed["text"]))
     out = cached(Path(cfg.cache_dir) / "autolabel" / f"{key}.safetensors", lambda: task.autolabel(pair, data.seed),
                  "autolabel")
@@ -163,7 +162,7 @@ def _fill(cfg, pair, data, labels, store, spec, alphas, load: bool):
     if spec.exact:  # one joint embedding of every checkpoint's gradients: computed whole, stored like the rest
         def embed_all():
             rows, target = exact_rows(pair, alphas, spec, data.seed, labels, int(cfg.gradient.batch_size),
-                                      int(cfg.gradient.get("exact_max_rows") or 20000))
+                                      cfg.gradient.get("exact_max_rows"))
             for j, part in enumerate(parts):
                 for i in range(store.n_shards):
                     g = rows[j, store.rows(i).start:store.rows(i).stop].to(dtype)

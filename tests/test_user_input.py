@@ -169,3 +169,23 @@ def test_label_word_task_with_an_encoder_model_fails_before_theta_f(tiny_cfg, tm
     # MiniLM is a BERT encoder: loading it as a causal LM would give a fresh random head.
     fails_cleanly(tiny_cfg("task=classify_lm", "model=minilm"), earlier, r"\(BertModel\) is not a causal LM", tmp_path)
     assert not (tmp_path / "cache" / "thetaf").exists()
+
+
+def test_exact_projection_bound_is_checked_in_preflight_with_the_largest_n_that_fits(tiny_cfg, tmp_path, earlier):
+    from src.gradients.exact import check_bound, memory_bytes
+
+    # Exactly at the bound passes; one row more than fits names the largest n.
+    n = 1000
+    check_bound(n, 4096, 192, None, available=memory_bytes(n, 4096, 192))
+    with pytest.raises(UserError, match=r"at most 1000 gradients \(P·N\) fit"):
+        check_bound(n + 1, 4096, 192, None, available=memory_bytes(n, 4096, 192))
+    for bad in (0, -5):
+        with pytest.raises(UserError, match="exact_max_rows must be a positive number of rows or null"):
+            check_bound(10, 8, 8, bad)
+    # In the CLI: a corpus past the memory bound, and exact on a many-token task, fail before any data.
+    fails_cleanly(tiny_cfg("task=classify_lm", "model=wordnet_lm", "gradient.projection=exact", "gradient.exact_max_rows=null",
+                           "seed.max_examples=10000000"), earlier, r"GiB is available: at most \d+ gradients", tmp_path)
+    fails_cleanly(tiny_cfg("task=lm", "gradient.projection=exact"), earlier,
+                  r"projection=exact needs one loss position per example", tmp_path)
+    fails_cleanly(tiny_cfg("gradient.precondition=adafactor"), earlier,
+                  r"task=classification projects its fresh head's gradients with the dense `projector`", tmp_path)

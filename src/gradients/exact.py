@@ -18,6 +18,8 @@ millions, where the factored projection serves.
 from __future__ import annotations
 
 import logging
+import math
+import os
 
 import torch
 
@@ -63,25 +65,63 @@ def embed(E: torch.Tensor, Hh: torch.Tensor, T: torch.Tensor, block: int = 2048,
     return rows, torch.cat([par, torch.tensor([perp], dtype=torch.float64)])
 
 
-def exact_rows(pair, alphas, spec, seed, autolabels, batch_size: int, max_rows: int):
+def memory_bytes(n: int, V: int, H: int) -> int:
+    """Peak bytes of an exact embedding of n gradients of a V×H layer: the factors E and Ĥ (float32, held
+    once), the Gram matrix, its eigenvectors and eigh's workspace (float64, n² each) and the rows (float64
+    and their float32 copy, n·(n+1) each)."""
+    return 4 * n * (V + H) + (8 + 8 + 8 + 8 + 4) * n * n
+
+
+def available_bytes() -> int:
+    """Memory the system can give without swapping (MemAvailable), or total RAM where that is unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_bound(n: int, V: int, H: int, max_rows, available: int | None = None) -> None:
+    """Fail in one line, before any compute, when n = P·N gradients exceed ``gradient.exact_max_rows`` or the
+    memory an exact embedding needs exceeds what is available (saying the largest n that fits)."""
+    if max_rows is not None and (not isinstance(max_rows, int) or max_rows <= 0):
+        raise UserError(f"gradient.exact_max_rows must be a positive number of rows or null (no cap but memory), "
+                        f"got {max_rows!r}")
+    if max_rows is not None and n > max_rows:
+        raise UserError(f"gradient.projection=exact embeds all {n} gradients (P·N) through their Gram matrix; "
+                        f"gradient.exact_max_rows={max_rows} caps that: use a smaller corpus or factored")
+    avail = available_bytes() if available is None else available
+    need = memory_bytes(n, V, H)
+    if need > avail:
+        b = 4 * (V + H)  # largest n with 36 n² + b n <= avail
+        largest = int((-b + math.sqrt(b * b + 4 * 36 * avail)) / (2 * 36))
+        raise UserError(f"gradient.projection=exact on {n} gradients of a {V}×{H} layer needs about {need / 2**30:.1f} "
+                        f"GiB, {avail / 2**30:.1f} GiB is available: at most {largest} gradients (P·N) fit; use a "
+                        "smaller corpus or gradient.projection=factored")
+
+
+def exact_rows(pair, alphas, spec, seed, autolabels, batch_size: int, max_rows):
     """[P, N, r+1] float32 rows and the [r+1] target, for every checkpoint in one joint embedding."""
     from src.models import interpolate
 
-    N = len(seed)
-    if N * len(alphas) > max_rows:
-        raise UserError(f"gradient.projection=exact embeds all {N * len(alphas)} gradients (P·N) through their Gram "
-                        f"matrix; gradient.exact_max_rows={max_rows} caps that: use a smaller corpus or factored")
+    N, P = len(seed), len(alphas)
+    W = pair.state0[f"{spec.head}.weight"]
+    check_bound(N * P, W.shape[0], W.shape[1], max_rows)
     items = spec.items(seed, autolabels, range(N))
-    Es, Hs = [], []
-    for a in alphas:
+    E = Hh = None  # filled in place, one checkpoint at a time: the factors are held once
+    for j, a in enumerate(alphas):
         pair.model.load_state_dict(interpolate(pair.state0, pair.statef, a))
         pair.model.eval()
         batches = (spec.collate(items[lo:lo + batch_size]) for lo in range(0, N, batch_size))
-        E, Hh = factors_of_rows(pair.model, batches, spec)
-        Es.append(E)
-        Hs.append(Hh)
+        e, h = factors_of_rows(pair.model, batches, spec)
+        if E is None:
+            E, Hh = e.new_empty(P * N, e.shape[1]), h.new_empty(P * N, h.shape[1])
+        E[j * N:(j + 1) * N], Hh[j * N:(j + 1) * N] = e, h
+        del e, h
         log.info("exact gradients: checkpoint α=%.3f, %d rows of (e [%d], h [%d])", a, N, E.shape[1], Hh.shape[1])
     dw, _ = layer_delta(pair.state0, pair.statef, spec.head)
-    rows, target = embed(torch.cat(Es), torch.cat(Hs), -dw)
+    rows, target = embed(E, Hh, -dw)
     log.info("exact gradients: %d gradients embedded in %d dimensions (their rank + 1)", rows.shape[0], rows.shape[1])
     return rows.float().reshape(len(alphas), N, -1), target.float()

@@ -58,6 +58,23 @@ def _item_length(item) -> int:
     return sum(len(x) for x in item if isinstance(x, str))
 
 
+def _head_shape(cfg) -> tuple[int, int] | None:
+    """(V, H) of the LM head where it is known without loading the model: the embedded LM's config, or a
+    local folder's config.json; None otherwise."""
+    import json
+    from pathlib import Path
+
+    name = str(cfg.model.name_or_path)
+    if name == "base_lm":
+        return int(cfg.base_lm.vocab_size), int(cfg.base_lm.n_embd)
+    conf = Path(name) / "config.json"
+    if conf.is_file():
+        c = json.loads(conf.read_text())
+        V, H = c.get("vocab_size"), c.get("hidden_size") or c.get("n_embd")
+        return (int(V), int(H)) if V and H else None
+    return None
+
+
 PROJECTIONS = ("factored", "dense", "exact")
 PRECONDITIONERS = ("none", "adafactor")
 
@@ -75,6 +92,26 @@ class CausalLMTask(Task):
             raise UserError(f"gradient.projection must be one of {('auto', *PROJECTIONS)}, got {g.projection!r}")
         if g.get("precondition", "none") not in PRECONDITIONERS:
             raise UserError(f"gradient.precondition must be one of {PRECONDITIONERS}, got {g.precondition!r}")
+        if g.get("projection") == "exact":
+            cls._check_exact(cfg)
+
+    @classmethod
+    def _check_exact(cls, cfg) -> None:
+        """projection=exact needs one loss position per example, and a memory bound known before any compute."""
+        from src.gradients.exact import check_bound
+
+        if cls.name in ("lm", "sft"):
+            raise UserError(f"gradient.projection=exact needs one loss position per example (label words); task="
+                            f"{cls.name} scores every token of a response: use gradient.projection=factored")
+        shape = _head_shape(cfg)
+        seed = cfg.get("seed") or {}
+        n = seed.get("max_examples")
+        if shape is None or n is None:  # checked again before the embedding, with the real sizes
+            check_bound(0, 1, 1, cfg.gradient.get("exact_max_rows"))
+            return
+        leaked = round(float(seed.get("leak_fraction") or 0) * int((cfg.get("dataset") or {}).get("n_train") or 0))
+        rows = int(cfg.P) * (int(n) + int(seed.get("unseen_rows") or 0) + leaked)
+        check_bound(rows, *shape, cfg.gradient.get("exact_max_rows"))
 
     # -- models -------------------------------------------------------------------
     def _path(self) -> str:
@@ -162,6 +199,25 @@ class CausalLMTask(Task):
 
         return run_predict(model, items, self.collate(tokenizer), fn, batch_size=batch_size,
                            trainer_cfg=self.cfg.trainer, length=_item_length)
+
+    def text_stats(self, pair, items: list, batch_size: int) -> dict:
+        """Two-model token statistics (``src.scores.token_stats``) of the response tokens of (prompt, response)
+        ``items``: one pass under θf, one under θ0. Returned as ``stat_<name>`` autolabel columns."""
+        from src.scores.token_stats import per_token, summarise
+        from src.training import run_predict
+
+        collate, width = CausalLMTask.collate(self, pair.tokenizer), int(self.cfg.model.max_length)
+
+        def fn(m, batch):
+            logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            mask = response_mask(batch["input_ids"], batch["prompt_lengths"], batch["attention_mask"])
+            return per_token(logits, batch["input_ids"], mask, width)
+
+        runs = {name: run_predict(pair.load(alpha), items, collate, fn, batch_size=batch_size,
+                                  trainer_cfg=self.cfg.trainer, length=_item_length)
+                for name, alpha in (("f", 1.0), ("0", 0.0))}
+        stats = summarise(runs["f"]["lp"], runs["0"]["lp"], runs["f"]["hit"], runs["f"]["m"])
+        return {f"stat_{k}": v for k, v in stats.items()}
 
     # -- gradients ------------------------------------------------------------------
     def gradient_items(self, seed, autolabels: dict, rows: range) -> list:

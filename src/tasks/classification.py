@@ -29,6 +29,12 @@ class ClassificationTask(Task):
             raise UserError(f"task=classification puts a fresh classification head on a sequence classifier "
                             f"(model=minilm, bert-base, ...); model.name_or_path={name} is a causal LM: use "
                             "task=classify_lm, which classifies through its LM head")
+        g = cfg.gradient
+        if g.get("projection", "auto") != "auto" or g.get("precondition", "none") != "none":
+            raise UserError("task=classification projects its fresh head's gradients with the dense `projector`; "
+                            "gradient.projection and gradient.precondition are options of the LM-head tasks "
+                            f"(classify_lm, lm, sft), got projection={g.get('projection')}, "
+                            f"precondition={g.get('precondition')}")
 
     # -- models -------------------------------------------------------------------
     def build_base(self, data):
