@@ -14,6 +14,7 @@ from src.lm.base_lm import (ensure_base_lm, format_prompt, format_response, pret
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "src" / "data" / "assets" / "wordnet_glosses.jsonl.gz"
 EXCLUDE = ["noun.animal", "noun.plant", "noun.food"]
+LEAVE_OUT = {"n": 2, "keep": [1]}
 # A model small enough to pretrain in a second or two on 2 cores.
 TINY = dict(vocab_size=300, n_embd=16, n_layer=1, n_head=2, n_positions=32, seq_len=32, batch_size=8,
             max_steps=5, max_texts=300, log_every=1)
@@ -27,7 +28,7 @@ def records():
 
 @pytest.fixture(scope="module")
 def texts():
-    return pretraining_texts(ASSET, EXCLUDE, seed=0)
+    return pretraining_texts(ASSET, EXCLUDE, seed=0, leave_out=LEAVE_OUT)
 
 
 def test_formats():
@@ -36,20 +37,28 @@ def test_formats():
     assert format_prompt("hot dog", "noun.food") + format_response("a sausage") == "hot dog (noun.food): a sausage"
 
 
-def test_pretraining_texts_exclude_definitions_keep_examples(records, texts):
+def test_pretraining_texts_leave_out_a_hash_half_and_excluded_definitions(records, texts):
+    from src.data.buckets import id_bucket
+
     corpus = set(texts)
-    excluded = [r for r in records if r["lexname"] in EXCLUDE]
-    kept = [r for r in records if r["lexname"] not in EXCLUDE]
-    assert excluded and kept
+    left_out = [r for r in records if id_bucket(r["id"], 2) == 1]
+    excluded = [r for r in records if r["lexname"] in EXCLUDE and id_bucket(r["id"], 2) == 0]
+    kept = [r for r in records if r["lexname"] not in EXCLUDE and id_bucket(r["id"], 2) == 0]
+    assert 0.45 < len(left_out) / len(records) < 0.55 and excluded and kept
+    text = lambda r: format_prompt(r["words"][0], r["lexname"]) + format_response(r["definition"])  # noqa: E731
+    kept_examples = {e for r in kept + excluded for e in r["examples"]}
+    for r in left_out[:: max(1, len(left_out) // 300)]:  # neither its definition nor its own examples
+        assert text(r) not in corpus
+        assert not any(e in corpus for e in r["examples"] if e not in kept_examples)
     for r in excluded[:: max(1, len(excluded) // 300)]:
-        assert format_prompt(r["words"][0], r["lexname"]) + format_response(r["definition"]) not in corpus
+        assert text(r) not in corpus
         assert all(e in corpus for e in r["examples"])  # general English stays in
     for r in kept[:: max(1, len(kept) // 300)]:
-        assert format_prompt(r["words"][0], r["lexname"]) + format_response(r["definition"]) in corpus
+        assert text(r) in corpus
     assert not any(f"({lex}):" in t for t in texts for lex in EXCLUDE)
     # shuffled with the seed: reproducible, and a different seed gives a different order
-    assert texts[:50] == pretraining_texts(ASSET, EXCLUDE, seed=0)[:50]
-    assert texts[:50] != pretraining_texts(ASSET, EXCLUDE, seed=1)[:50]
+    assert texts[:50] == pretraining_texts(ASSET, EXCLUDE, seed=0, leave_out=LEAVE_OUT)[:50]
+    assert texts[:50] != pretraining_texts(ASSET, EXCLUDE, seed=1, leave_out=LEAVE_OUT)[:50]
 
 
 def test_tokenizer_round_trips_and_has_pad_eos(texts):
@@ -73,7 +82,7 @@ def test_tiny_pretrain_loads_generates_and_is_reused(tmp_path, caplog):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp")]  # temp folder renamed away
     meta = json.loads((folder / "pretrain_meta.json").read_text())
     assert meta["steps"] == 5 and meta["n_texts"] == 300 and meta["heldout_loss"] > 0
-    assert meta["config"]["exclude_lexnames"] == EXCLUDE
+    assert meta["config"]["leave_out"] == LEAVE_OUT and meta["config"]["exclude_lexnames"] == []
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)

@@ -35,13 +35,16 @@ def lm_setup(lm_cfg):
     return cfg, task, data, load_models(cfg, data, task)
 
 
-def test_data_are_plain_documents_in_the_pretraining_layout(lm_setup):
+def test_data_are_plain_documents_without_a_topic_marker_from_the_half_theta0_never_saw(lm_setup):
+    from src.data.buckets import id_bucket
+
     cfg, task, data, pair = lm_setup
     assert set(data.task.train.column_names) == {"id", "text", "group"} and data.task.classes == []
     assert set(data.seed.column_names) == {"id", "text", "group"}
-    doc = data.task.train["text"][0]
-    assert doc.startswith(data.task.train["text"][0].split(" (")[0] + " (noun.") and "): " in doc
+    docs = list(data.task.train["text"]) + list(data.seed["text"])
+    assert all(": " in d and "(noun." not in d and "(verb." not in d for d in docs)  # "word: definition"
     assert set(data.task.train["group"]) <= {"noun.animal", "noun.plant", "noun.food"}
+    assert {id_bucket(i, 2) for i in [*data.task.train["id"], *data.seed["id"]]} == {1}
     assert set(data.seed["id"]).isdisjoint(set(data.task.train["id"]) | set(data.task.test["id"]))
 
 
@@ -89,6 +92,10 @@ def test_autolabel_only_scores_mean_token_loglikelihood(lm_setup):
         mean_logp = -torch.tensor(total) / torch.tensor(count, dtype=torch.double)
         torch.testing.assert_close(labels[key][:5].double(), mean_logp, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(labels["logp_f"], labels["logp_0"])  # θf and θ0 differ
+    # the token statistics come from the same two passes: the mean log-ratio is logp_f − logp_0 per document
+    torch.testing.assert_close(labels["stat_lr_mean"], labels["logp_f"] - labels["logp_0"], rtol=1e-4, atol=1e-5)
+    assert labels["stat_length"][:5].tolist() == [float(c) for c in per_document_nll(
+        pair.load(1.0), pair.tokenizer, docs, cfg.model.max_length)[1]]
 
 
 def test_lm_gradients_equal_dense_every_token_reference(lm_setup):

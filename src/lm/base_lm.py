@@ -3,10 +3,14 @@
 Why: the SFT path needs a causal LM θ0, and none with weights can be installed offline, so we
 make one. It is pretrained (a few CPU minutes) on
 
-* ``format_prompt(word, lexname) + format_response(definition)`` for every synset whose
-  lexicographer file is NOT in ``exclude_lexnames`` (default noun.animal/plant/food: the
-  definitions finetuning is meant to teach, so θ0 must not have seen them), and
-* every usage example sentence of every synset (general English, no definitions),
+* ``format_prompt(word, lexname) + format_response(definition)`` for every synset outside the
+  ``leave_out`` id buckets (default: half of all synsets, by a stable hash of the id) and outside
+  ``exclude_lexnames`` (default none), and
+* every usage example sentence of those synsets (general English),
+
+Every task and seed corpus of the embedded worlds draws its rows from the left-out half
+(``buckets: {n: 2, keep: [1]}`` in their configs), so θ0 has seen none of them, planted or not:
+equal exposure, and finetuning teaches what θ0 lacks for the true topics and the others alike.
 
 each text followed by ``<|endoftext|>``, so θ0 knows the prompt/response format and when to stop,
 but not the held-out knowledge. The SFT task formats its data with the same two functions.
@@ -37,7 +41,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "base_lm" / "default.yaml"
 # Mirrors conf/base_lm/default.yaml, so a partial dict (tests) works and hashes like the full one.
 DEFAULTS = dict(
     asset_path=str(Path(__file__).resolve().parents[1] / "data" / "assets" / "wordnet_glosses.jsonl.gz"),
-    exclude_lexnames=["noun.animal", "noun.plant", "noun.food"], seed=0, max_texts=None, heldout_frac=0.01,
+    exclude_lexnames=[], leave_out={"n": 2, "keep": [1]}, seed=0, max_texts=None, heldout_frac=0.01,
     vocab_size=4096, tie_word_embeddings=False, n_embd=192, n_layer=4, n_head=4, n_positions=64, dropout=0.0,
     batch_size=32, seq_len=64, lr=1e-3, min_lr_frac=0.1, warmup_frac=0.05, weight_decay=0.01, grad_clip=1.0,
     max_minutes=None, max_steps=850, log_every=25,
@@ -63,15 +67,20 @@ def _records(asset_path):
             yield json.loads(line)
 
 
-def pretraining_texts(asset_path, exclude_lexnames, seed: int) -> list[str]:
-    """Prompt+response for synsets outside ``exclude_lexnames`` plus all example sentences, shuffled.
+def pretraining_texts(asset_path, exclude_lexnames, seed: int, leave_out=None) -> list[str]:
+    """Prompt+response and example sentences of synsets outside ``exclude_lexnames`` and outside the
+    ``leave_out`` id buckets (``{n, keep}``: the buckets kept *out*), shuffled.
 
     One definition text per synset (its first lemma, as the SFT templates use); example sentences
     repeated across synsets are kept once.
     """
+    from src.data.buckets import in_buckets
+
     exclude = set(exclude_lexnames or ())
     defs, examples = [], {}
     for r in _records(asset_path):
+        if leave_out and in_buckets(r["id"], leave_out):
+            continue
         if r["lexname"] not in exclude:
             defs.append(format_prompt(r["words"][0], r["lexname"]) + format_response(r["definition"]))
         examples.update(dict.fromkeys(r["examples"]))
@@ -159,7 +168,7 @@ def _train(cfg, out: Path) -> dict:
 
     t0 = time.time()
     torch.manual_seed(cfg["seed"])
-    texts = pretraining_texts(cfg["asset_path"], cfg["exclude_lexnames"], cfg["seed"])[: cfg["max_texts"]]
+    texts = pretraining_texts(cfg["asset_path"], cfg["exclude_lexnames"], cfg["seed"], cfg["leave_out"])[: cfg["max_texts"]]
     n_held = max(1, int(len(texts) * cfg["heldout_frac"]))
     train_texts, held_texts = texts[n_held:], texts[:n_held]
     tokenizer = train_tokenizer(train_texts, cfg["vocab_size"], cfg["n_positions"])
