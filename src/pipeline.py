@@ -115,6 +115,7 @@ def selection_contexts(cfg, selectors: dict, pair, data, labels, task, timer, ev
                 grads, target, grads_key = gradient_rows(gcfg, pair, data, labels, gtask)
         contexts[key] = SelectionContext(
             n_seed=len(data.seed), labels=labels.get("labels"), logp_f=labels["logp_f"], logp_0=labels["logp_0"],
+            stats={k.removeprefix("stat_"): v for k, v in labels.items() if k.startswith("stat_")},
             n_true=len(data.task.train) if evaluate else 0, grads=grads, target=target, rng=cfg.rng,
             precision=sel.get("precision", "stored"), block_rows=int(sel.get("block_rows", 16384)),
             progress=bool(sel.get("progress", True)), state_dir=Path(cfg.cache_dir) / "selection",

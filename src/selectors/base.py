@@ -26,6 +26,7 @@ class SelectionContext:
                                        # or a ``src.selectors.rows.Rows`` source (e.g. the store, out of core)
     target: torch.Tensor | None = None  # [d] projected −(θf − θ0)
     rng: int = 0
+    stats: dict = field(default_factory=dict)  # {name: [N]} token statistics of the texts (src.scores.token_stats)
     # How gradient selectors run (``selection.*`` in the config):
     device: str | None = None          # where blocks are multiplied (None: where ``grads`` lives)
     block_rows: int = 16384            # rows per block when ``grads`` is a tensor

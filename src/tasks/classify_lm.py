@@ -115,7 +115,14 @@ class ClassifyLMTask(CausalLMTask):
         lf = self._label_logp(pair.load(1.0), pair.tokenizer, seed["text"])
         l0 = self._label_logp(pair.load(0.0), pair.tokenizer, seed["text"])
         y = lf.argmax(-1)
-        return {"labels": y, "logp_f": lf.gather(1, y[:, None])[:, 0], "logp_0": l0.gather(1, y[:, None])[:, 0]}
+        # The texts' own token statistics too: full finetuning moves the body, so θf has learned the true
+        # texts' words as well as their label words (and θ0's text NLL is the novelty detector).
+        stats = self.text_stats(pair, [(None, t) for t in seed["text"]], self.cfg.gradient.batch_size)
+        # θf's and θ0's label-word distributions: KL(θf ‖ θ0) over the C label words (each renormalised).
+        pf, p0 = lf.log_softmax(-1), l0.log_softmax(-1)
+        kl = (pf.exp() * (pf - p0)).sum(-1)
+        return {"labels": y, "logp_f": lf.gather(1, y[:, None])[:, 0], "logp_0": l0.gather(1, y[:, None])[:, 0],
+                "stat_label_kl": kl, **stats}
 
     def describe_autolabels(self, autolabels: dict, data) -> str:
         counts = torch.bincount(autolabels["labels"], minlength=len(self.classes)).tolist()

@@ -43,12 +43,10 @@ class LMTask(CausalLMTask):
 
     # -- "autolabel": scores only -----------------------------------------------------
     def autolabel(self, pair, seed) -> dict:
-        """Mean token log-likelihood of every seed document under θf and θ0 (no labels to make)."""
-        items, out = self._items(seed["text"]), {}
-        for key, alpha in (("logp_f", 1.0), ("logp_0", 0.0)):
-            s = self._nll(pair.load(alpha), pair.tokenizer, items, self.cfg.gradient.batch_size)
-            out[key] = -s["nll"] / s["n"].clamp_min(1)
-        return out
+        """Mean token log-likelihood of every seed document under θf and θ0 (no labels to make), with the
+        documents' two-model token statistics (``text_stats``) from the same two passes."""
+        out = self.text_stats(pair, self._items(seed["text"]), self.cfg.gradient.batch_size)
+        return {"logp_f": -out["stat_nll_f"], "logp_0": -out["stat_nll_0"], **out}
 
     def describe_autolabels(self, autolabels: dict, data) -> str:
         f, z = autolabels["logp_f"], autolabels["logp_0"]

@@ -1,0 +1,1 @@
+"""Per-example scores of the seed texts that need no gradients: two-model token statistics."""
