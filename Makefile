@@ -51,8 +51,9 @@ bench-recovery-diagnostics:  ## the causes, on the embedded LM: gradient variant
 	$(PY) -m src.bench.recovery --lms wordnet_lm --tasks classify_lm lm --seeds 0 1 2 --diagnostics --head-only \
 	  --out outputs/bench/recovery_diagnostics
 
-data:               ## rebuild the committed WordNet corpus (needs Debian's wordnet-base)
+data:               ## rebuild the committed WordNet and fortunes corpora (needs Debian's wordnet-base; fortunes: apt-get download)
 	$(PY) -m src.data.build_wordnet
+	$(PY) -m src.data.build_fortunes
 
 clean:
 	rm -rf outputs/runs outputs/multiruns outputs/cache
