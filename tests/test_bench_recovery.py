@@ -3,7 +3,8 @@ gradients, and the tables (no model is run here; `make bench-recovery` runs the 
 import pytest
 import torch
 
-from src.bench.recovery import candidates, default_variants, format_tables, summarise, world_overrides
+from src.bench.recovery import (candidates, confounds, default_variants, format_tables, summarise,
+                                world_overrides)
 from src.config import compose_config
 from src.selectors.registry import build_selectors
 
@@ -21,6 +22,36 @@ def test_candidates_plant_the_share_asked_half_trained_half_unseen():
     assert torch.equal(candidates(leaked, unseen, 0.07, rng=1)[0], candidates(leaked, unseen, 0.07, rng=1)[0])
     with pytest.raises(ValueError, match="planted rows needed"):
         candidates(leaked, unseen, 0.5, rng=0)
+
+
+def test_length_matched_candidates_give_length_no_edge():
+    g = torch.Generator().manual_seed(0)
+    n_other, n_plant = 3000, 600
+    lengths = torch.cat([torch.randint(10, 80, (n_other,), generator=g), torch.randint(30, 120, (n_plant,), generator=g)])
+    leaked, unseen = torch.zeros(n_other + n_plant, dtype=torch.bool), torch.zeros(n_other + n_plant, dtype=torch.bool)
+    leaked[n_other:n_other + n_plant // 2], unseen[n_other + n_plant // 2:] = True, True
+    planted = leaked | unseen
+
+    def longest_precision(idx, k):
+        return planted[idx[torch.argsort(-lengths[idx].double(), stable=True)[:k]]].float().mean().item()
+
+    raw_idx, raw_k = candidates(leaked, unseen, 0.07, rng=0)
+    assert longest_precision(raw_idx, raw_k) > 0.3  # the give-away, before matching (random: 0.07)
+    for share in (0.02, 0.07, 0.2):
+        idx, k = candidates(leaked, unseen, share, rng=0, lengths=lengths)
+        assert int(planted[idx].sum()) == k and k / len(idx) == pytest.approx(share, abs=2e-3)
+        assert len(set(idx.tolist())) == len(idx) and abs(int(leaked[idx].sum()) - int(unseen[idx].sum())) <= 1
+        assert longest_precision(idx, k) < share + 2 * (share * (1 - share) / k) ** 0.5 + 0.02, share
+
+
+def test_confounded_worlds_are_named():
+    rows = [{"lm": "m", "text": "t", "task": "lm", "variant": "default", "selector": s, "share": 0.07, "k": 100,
+             "rng": r, "precision": p, "trained": 0, "unseen": 0}
+            for s, ps in (("random", (0.07, 0.08, 0.06)), ("length", (0.30, 0.28, 0.32)), ("novelty", (0.08, 0.07, 0.06)))
+            for r, p in zip((3, 4, 5), ps)]
+    flags = confounds(summarise(rows))
+    assert len(flags) == 1 and "length 0.300 vs random 0.070" in flags[0] and "held-out" in flags[0]
+    assert "CONFOUNDED" in format_tables(summarise(rows), [0.07])
 
 
 def test_each_selector_scores_on_the_gradients_its_config_names():
@@ -47,4 +78,4 @@ def test_summary_is_mean_and_std_over_seeds_per_selector_and_share():
     assert sel["precision_mean"] == pytest.approx(0.7) and sel["precision_std"] == pytest.approx(0.1414, abs=1e-4)
     assert sel["n_seeds"] == 2
     text = format_tables(summary, [0.07])
-    assert "0.700 ± 0.141" in text and "0.100 ± 0.000" in text
+    assert "0.700 ± 0.141" in text and "0.100 ± 0.000" in text and "dev seeds (0,1)" in text

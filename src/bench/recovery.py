@@ -1,20 +1,24 @@
 """Recovery benchmark: how many planted true rows each selector finds, measured directly, no retraining.
 
-    python -m src.bench.recovery [--lms wordnet_lm smollm2] [--tasks classify_lm lm] [--seeds 0 1 2]
-                                 [--shares 0.02 0.07 0.2] [--diagnostics] [--out DIR] [-- overrides]
+    python -m src.bench.recovery [--lms wordnet_lm smollm2] [--texts wordnet fortunes] [--tasks classify_lm lm]
+                                 [--seeds 0 1 2 3 4 5] [--shares 0.02 0.07 0.2] [--diagnostics] [--out DIR]
+                                 [-- overrides]
 
-A *world* is one (base LM, task, rng): θf is θ0 finetuned on the task's true rows; the seed corpus is
-``--n-other`` rows of WordNet topics the task does not have (``seed=wordnet_other_topics`` /
-``wordnet_documents_other_topics``) plus ``--n-plant`` true-distribution rows, half of them rows θf
-trained on (``seed.leak_fraction``) and half rows it never saw (``seed.unseen_rows``). θf, the
-autolabels and every gradient variant go through the pipeline's cached stages, so a rerun scores
-every selector in seconds.
+A *world* is one (base LM, text, task, rng): θf is θ0 finetuned on the task's true rows; the seed corpus is
+``--n-other`` rows of topics the task does not have (WordNet glosses or Debian fortunes; ``SEEDS``) plus
+``--n-plant`` true-distribution rows, half of them rows θf trained on (``seed.leak_fraction``) and half
+rows it never saw (``seed.unseen_rows``). θf, the autolabels and every gradient variant go through the
+pipeline's cached stages, so a rerun scores every selector in seconds.
 
-For each planted share s the candidates are the other-topic rows plus a seeded draw of planted rows
-(half of each kind) making up s of them; each selector picks k = the number planted, and its
-precision@k (= recall) is the share of its picks that are planted. Mean ± std over the seeds. With
-``--diagnostics``, SELECT also runs on the gradient variants that separate the causes (gradients at
-θ0 or along the path, raw or preconditioned, centred or not, a head-only θf).
+What separates planted rows from the others must be only what θf was finetuned on (their topic). So the
+worlds have no topic marker in the text, one part of speech, rows θ0 never saw on both sides (the embedded
+LM's pretraining leaves out the half of WordNet the worlds draw from), and for each planted share the
+candidates are a *length-matched* draw of the other rows (``candidates``) plus a seeded draw of planted rows
+(half of each kind) making up that share. Each selector picks k = the number planted; its precision@k
+(= recall) is the share of its picks that are planted. Give-away detectors (``length``, ``novelty``: θ0's
+NLL) know nothing of θf; a world where one differs from random by more than one standard deviation is
+flagged CONFOUNDED in the output. Seeds 0–2 are development seeds (defaults were chosen on them), 3–5
+held out; the tables report each set on its own.
 
 Writes ``<out>/<time>/recovery.json`` (every number) and ``summary.txt`` (the tables).
 """
@@ -29,18 +33,32 @@ from pathlib import Path
 
 from src.bench.common import offline_env
 
-# Per base LM: the true rows θf is finetuned on (classify_lm, lm) and the finetuning recipe. SmolLM2 is
-# a real pretrained LM: full finetuning at the small LM's 1e-3 would wreck it, so it uses the paper's 1e-4.
+# Per base LM: the finetuning recipe, and the true rows θf is finetuned on per (text, task). SmolLM2 is a
+# real pretrained LM: full finetuning at the small LM's 1e-3 would wreck it, so it uses the paper's 1e-4.
 WORLDS = {
-    "wordnet_lm": {"n_train": {"classify_lm": 1600, "lm": 1200}, "overrides": []},
-    "smollm2": {"n_train": {"classify_lm": 800, "lm": 600},
+    "wordnet_lm": {"n_train": {("wordnet", "classify_lm"): 1600, ("wordnet", "lm"): 1200,
+                               ("fortunes", "classify_lm"): None, ("fortunes", "lm"): None}, "overrides": []},
+    "smollm2": {"n_train": {("wordnet", "classify_lm"): 800, ("wordnet", "lm"): 600,
+                            ("fortunes", "classify_lm"): None, ("fortunes", "lm"): None},
                 "overrides": ["finetune=paper", "finetune.epochs=2", "gradient.batch_size=32"]},
-}
-SPLITS = {"classify_lm": ["dataset.n_test=400", "dataset.n_val=200"], "lm": ["dataset.n_test=300", "dataset.n_val=100"]}
-SEEDS = {"classify_lm": ("wordnet_topics", "wordnet_other_topics"), "lm": ("wordnet_documents",
-                                                                          "wordnet_documents_other_topics")}
-SELECTORS = ("random", "topk", "likelihood", "likelihood_ratio", "select_paper", "select_centered", "select",
-             "select_balanced")
+}  # None: the dataset config's own n_train
+SPLITS = {("wordnet", "classify_lm"): ["dataset.n_test=400", "dataset.n_val=200"],
+          ("wordnet", "lm"): ["dataset.n_test=300", "dataset.n_val=100"]}
+# (true data, other-topic seed corpus) per text and task. Each seed config says what separates its rows
+# from the planted ones.
+SEEDS = {("wordnet", "classify_lm"): ("wordnet_topics", "wordnet_other_topics"),
+         ("wordnet", "lm"): ("wordnet_documents", "wordnet_documents_other_topics"),
+         ("fortunes", "classify_lm"): ("fortunes_topics", "fortunes_other_topics"),
+         ("fortunes", "lm"): ("fortunes_documents", "fortunes_documents_other_topics")}
+TEXTS = sorted({t for t, _ in SEEDS})
+TASKS = sorted({k for _, k in SEEDS})
+# Give-away detectors: rankings that know nothing of θf. They must sit at random in an honest world.
+DETECTORS = ("length", "novelty")
+# Two-model token statistics (src/scores/token_stats.py); token_ratio is likelihood_ratio itself on task=lm.
+TOKEN_STATS = ("token_ratio", "ez_ratio", "mink_ratio", "label_kl")
+SELECTORS = ("random", *DETECTORS, "topk", "likelihood", "likelihood_ratio", *TOKEN_STATS, "select_paper",
+             "select_centered", "select", "select_balanced")
+HELDOUT = (3, 4, 5)  # never used to choose a default; README reports them beside the development seeds 0-2
 # Gradient variants for the diagnostics: (name, overrides). Each keys its own store; θf and autolabels are shared.
 VARIANTS = {
     "θf, raw": ["checkpoints=theta_f", "P=1", "gradient.precondition=none"],
@@ -56,24 +74,58 @@ EXACT_TASKS = ("classify_lm",)  # projection=exact needs one-position gradients
 HEAD_ONLY = ["finetune.train=head", "finetune.lr=1e-3"]  # a head alone moves little at the body's 1e-4
 
 
-def world_overrides(lm: str, task: str, rng: int, n_other: int, n_plant: int) -> list[str]:
-    n_train = WORLDS[lm]["n_train"][task]
-    dataset, seed = SEEDS[task]
+def world_overrides(lm: str, task: str, rng: int, n_other: int, n_plant: int, text: str = "wordnet") -> list[str]:
+    dataset, seed = SEEDS[(text, task)]
+    n_train = WORLDS[lm]["n_train"][(text, task)]
+    if n_train is None:  # the dataset config's own size
+        from src.config import compose_config
+
+        n_train = int(compose_config([f"task={task}", f"dataset={dataset}"]).dataset.n_train)
     return [f"task={task}", f"model={lm}", f"dataset={dataset}", f"seed={seed}", "logger=none",
             "trainer.progress_bar=false", f"rng={rng}", f"dataset.n_train={n_train}", f"seed.max_examples={n_other}",
             f"seed.leak_fraction={n_plant // 2 / n_train}", f"seed.unseen_rows={n_plant - n_plant // 2}",
-            *SPLITS[task], *WORLDS[lm]["overrides"]]
+            *SPLITS.get((text, task), []), *WORLDS[lm]["overrides"]]
 
 
-def candidates(leaked, unseen, share: float, rng: int):
+def length_matched(other, planted, lengths, g, bins: int = 20):
+    """Seeded thinnings of the ``other`` and ``planted`` rows to one length distribution: per bin of the
+    lengths' quantiles, the overlap of the two (min of their shares), each side keeping as many rows as its
+    scarcest bin allows. Length alone then tells planted rows from the others no better than chance."""
+    import torch
+
+    lengths = torch.as_tensor(lengths, dtype=torch.float64)
+    both = torch.cat([other, planted])
+    edges = torch.quantile(lengths[both], torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]).unique()
+    nb = len(edges) + 1
+    sides = [(rows, torch.bucketize(lengths[rows], edges)) for rows in (other, planted)]
+    counts = [torch.bincount(b, minlength=nb).double() for _, b in sides]
+    w = torch.minimum(counts[0] / len(other), counts[1] / len(planted))
+    w = w / w.sum()
+    out = []
+    for (rows, b), c in zip(sides, counts):
+        total = float((c[w > 0] / w[w > 0]).min())
+        keep = [rows[b == i][torch.randperm(int(c[i]), generator=g)[: int(w[i] * total)]] for i in range(nb)]
+        out.append(torch.cat(keep).sort().values)
+    return out[0], out[1]
+
+
+def candidates(leaked, unseen, share: float, rng: int, lengths=None):
     """Row indices (sorted) of the other-topic rows plus a seeded draw of planted rows, half of each kind,
-    making up ``share`` of the candidates; and the number planted (= k)."""
+    making up ``share`` of the candidates; and the number planted (= k). With ``lengths`` both sides are
+    first thinned to one length distribution (``length_matched``), and the other rows subsampled if the
+    planted rows left cannot make up the share."""
     import torch
 
     g = torch.Generator().manual_seed(7919 + rng)
     other = (~leaked & ~unseen).nonzero().squeeze(1)
-    n = round(share / (1 - share) * len(other))
     lk, un = leaked.nonzero().squeeze(1), unseen.nonzero().squeeze(1)
+    if lengths is not None:
+        other, kept = length_matched(other, torch.cat([lk, un]), lengths, g)
+        lk, un = kept[leaked[kept]], kept[unseen[kept]]
+        fits = int(2 * min(len(lk), len(un)) * (1 - share) / share)  # the most other rows the planted rows allow
+        if fits < len(other):
+            other = other[torch.randperm(len(other), generator=g)[:fits]].sort().values
+    n = round(share / (1 - share) * len(other))
     if n - n // 2 > min(len(lk), len(un)):
         raise ValueError(f"share {share}: {n} planted rows needed, the corpus has {len(lk)} + {len(un)}")
     picked = [lk[torch.randperm(len(lk), generator=g)[: n // 2]], un[torch.randperm(len(un), generator=g)[: n - n // 2]]]
@@ -98,9 +150,11 @@ def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list
         # A task reads its gradient options from its config: one per variant.
         G, target = gradients(vcfg, pair, data, labels, get_task(vcfg, data.task.classes))
         for share in shares:
-            idx, k = candidates(leaked, unseen, share, int(cfg.rng))
+            idx, k = candidates(leaked, unseen, share, int(cfg.rng), lengths=[len(t) for t in data.seed["text"]])
             ctx = SelectionContext(n_seed=len(idx), labels=None if labels.get("labels") is None else labels["labels"][idx],
                                    logp_f=labels["logp_f"][idx], logp_0=labels["logp_0"][idx],
+                                   stats={n.removeprefix("stat_"): v[idx] for n, v in labels.items()
+                                          if n.startswith("stat_")},
                                    grads=TensorRows(G[:, idx]), target=target, rng=int(cfg.rng), progress=False)
             for name in names:
                 picks = idx[selectors[name](ctx, k).indices]
@@ -133,27 +187,61 @@ def default_variants(cfg, selectors: dict) -> dict:
     return out
 
 
+def split_of(rng: int) -> str:
+    return "held-out" if rng in HELDOUT else "dev"
+
+
+WORLD = ("lm", "text", "task", "split")
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean ± std over the seeds per (lm, task, variant, selector, share)."""
+    """Mean ± std over the seeds per (lm, text, task, seed split, variant, selector, share)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["lm"], r["task"], r["variant"], r["selector"], r["share"]), []).append(r)
+        key = (r["lm"], r.get("text", "wordnet"), r["task"], split_of(r["rng"]), r["variant"], r["selector"], r["share"])
+        groups.setdefault(key, []).append(r)
     out = []
-    for (lm, task, variant, sel, share), rs in groups.items():
+    for (lm, text, task, split, variant, sel, share), rs in groups.items():
         vals = [r["precision"] for r in rs]
-        out.append({"lm": lm, "task": task, "variant": variant, "selector": sel, "share": share, "n_seeds": len(rs),
-                    "k": rs[0]["k"], "precision_mean": statistics.mean(vals),
+        out.append({"lm": lm, "text": text, "task": task, "split": split, "variant": variant, "selector": sel,
+                    "share": share, "n_seeds": len(rs), "seeds": [r["rng"] for r in rs], "k": rs[0]["k"],
+                    "precision_mean": statistics.mean(vals),
                     "precision_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                     "trained_mean": statistics.mean(r["trained"] for r in rs),
                     "unseen_mean": statistics.mean(r["unseen"] for r in rs)})
     return out
 
 
+def confounds(summary: list[dict]) -> list[str]:
+    """A line per (world, share, detector) where a give-away detector differs from random by more than one
+    standard deviation: the larger of random's std over the seeds and the binomial sd of random's
+    precision@k, sqrt(s (1 − s) / k) (three seeds can show a std near zero by chance)."""
+    import math
+
+    lines = []
+    for r in summary:
+        if r["selector"] not in DETECTORS:
+            continue
+        rand = next((x for x in summary if x["selector"] == "random" and x["share"] == r["share"]
+                     and x["variant"] == r["variant"] and all(x[w] == r[w] for w in WORLD)), None)
+        if rand is None:
+            continue
+        sd = max(rand["precision_std"], math.sqrt(r["share"] * (1 - r["share"]) / max(1, r["k"])))
+        if abs(r["precision_mean"] - rand["precision_mean"]) > sd:
+            lines.append(f"CONFOUNDED {r['lm']}, {r['text']}, task={r['task']} ({r['split']} seeds): {r['selector']} "
+                         f"{r['precision_mean']:.3f} vs random {rand['precision_mean']:.3f} at {r['share']:.0%} planted "
+                         f"(one sd = {sd:.3f})")
+    return lines
+
+
 def format_tables(summary: list[dict], shares) -> str:
     lines = []
-    for lm, task in dict.fromkeys((r["lm"], r["task"]) for r in summary):
-        rows = [r for r in summary if r["lm"] == lm and r["task"] == task]
-        lines.append(f"\n{lm}, task={task}: precision@k of planted rows (k = number planted), mean ± std over seeds")
+    for world in dict.fromkeys(tuple(r.get(w, "wordnet" if w == "text" else None) for w in WORLD) for r in summary):
+        lm, text, task, split = world
+        rows = [r for r in summary if tuple(r.get(w) for w in WORLD) == world]
+        seeds = ",".join(map(str, sorted({s for r in rows for s in r.get("seeds", [])})))
+        lines.append(f"\n{lm}, {text}, task={task}, {split} seeds ({seeds}): precision@k of planted rows "
+                     "(k = number planted), mean ± std over seeds")
         lines.append(f"{'gradients':<16} {'selector':<18}" + "".join(f"{f'{s:.0%} planted':>17}" for s in shares)
                      + "   (7%: trained / unseen)")
         for variant, sel in dict.fromkeys((r["variant"], r["selector"]) for r in rows):
@@ -165,16 +253,32 @@ def format_tables(summary: list[dict], shares) -> str:
                     mid = r
             tail = f"   {mid['trained_mean']:.3f} / {mid['unseen_mean']:.3f}" if mid else ""
             lines.append(f"{variant:<16} {sel:<18}" + "".join(cells) + tail)
+    flags = confounds(summary)
+    lines.append("\n" + ("\n".join(flags) if flags else "No world confounded: every give-away detector "
+                                                       f"({', '.join(DETECTORS)}) is within one sd of random."))
     return "\n".join(lines)
+
+
+def applicable(cfg, selectors: dict) -> dict:
+    """Drop what a task cannot run: class balance without classes, label-word statistics without label
+    words, and token_ratio where it is likelihood_ratio itself (task=lm)."""
+    from src.checks import without_classes
+
+    drop = set(without_classes(cfg, selectors))
+    if cfg.task != "classify_lm":
+        drop |= {"label_kl", "token_ratio"}
+    return {n: s for n, s in selectors.items() if n not in drop}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lms", nargs="+", default=["wordnet_lm", "smollm2"], choices=sorted(WORLDS))
-    ap.add_argument("--tasks", nargs="+", default=["classify_lm", "lm"], choices=sorted(SEEDS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--texts", nargs="+", default=list(TEXTS), choices=TEXTS)
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5],
+                    help=f"random seeds; {list(HELDOUT)} are reported as held out")
     ap.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.07, 0.20])
-    ap.add_argument("--n-other", type=int, default=2000, help="other-topic seed rows")
+    ap.add_argument("--n-other", type=int, default=2500, help="other-topic seed rows (before the length-matched draw)")
     ap.add_argument("--n-plant", type=int, default=500, help="planted rows available (half trained, half unseen)")
     ap.add_argument("--selectors", nargs="+", default=list(SELECTORS))
     ap.add_argument("--diagnostics", action="store_true", help="also SELECT and top-k on every gradient variant")
@@ -186,26 +290,25 @@ def main(argv=None) -> None:
 
     from src.config import compose_config
     from src.selectors.registry import build_selectors
-    from src.checks import without_classes
 
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     thetafs = {"full": []} | ({"head-only": HEAD_ONLY} if args.head_only else {})
-    for lm, task, (thetaf, extra), rng in itertools.product(args.lms, args.tasks, thetafs.items(), args.seeds):
+    for lm, text, task, (thetaf, extra), rng in itertools.product(args.lms, args.texts, args.tasks, thetafs.items(),
+                                                                  args.seeds):
         t0 = time.perf_counter()
-        base = world_overrides(lm, task, rng, args.n_other, args.n_plant) + extra + list(args.overrides)
+        base = world_overrides(lm, task, rng, args.n_other, args.n_plant, text) + extra + list(args.overrides)
         cfg = compose_config(base)
-        selectors = build_selectors(compose_config([*base, f"baselines=[{','.join(args.selectors)}]"]))
-        for name in without_classes(cfg, selectors):  # no autolabel classes to balance over (task=lm)
-            del selectors[name]
+        selectors = applicable(cfg, build_selectors(compose_config([*base, f"baselines=[{','.join(args.selectors)}]"])))
         variants = default_variants(cfg, selectors)
         if args.diagnostics:
             variants.update({name: (compose_config([*base, *o]), ["select", "topk"])
                              for name, o in VARIANTS.items() if "exact" not in name or task in EXACT_TASKS})
-        print(f"{lm} {task} θf={thetaf} rng={rng}", flush=True)
+        print(f"{lm} {text} {task} θf={thetaf} rng={rng}", flush=True)
         for r in score_world(cfg, selectors, variants, args.shares):
-            rows.append({"lm": lm if thetaf == "full" else f"{lm}, {thetaf} θf", "task": task, "rng": rng, **r})
+            rows.append({"lm": lm if thetaf == "full" else f"{lm}, {thetaf} θf", "text": text, "task": task,
+                         "rng": rng, **r})
         print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)
         (out / "recovery.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     summary = summarise(rows)
