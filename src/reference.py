@@ -165,3 +165,20 @@ def alignment_naive(grads: torch.Tensor, target: torch.Tensor, *, center: bool =
     if center:
         G, t = center_naive(G, t)
     return F.cosine_similarity(G, t[:, None], dim=-1).mean(0)
+
+
+def naive_layer_grads(model, batch, loss_fn, names, projectors) -> dict:
+    """{layer: [n, d_l]}: each example alone (unpadded), its dense weight gradient by autograd, then the
+    layer's map (``project_matrix``): what ``src.gradients.layers.per_layer_grads`` computes in one pass."""
+    mods = dict(model.named_modules())
+    out = {name: [] for name in names}
+    for i in range(batch["input_ids"].shape[0]):
+        n = int(batch["attention_mask"][i].sum())
+        one = {k: (v[i:i + 1, :n] if k in ("input_ids", "attention_mask") else v[i:i + 1]) for k, v in batch.items()}
+        with torch.enable_grad():
+            weights = [mods[name].weight for name in names]
+            grads = torch.autograd.grad(loss_fn(model, one).sum(), weights, allow_unused=True)
+        for name, w, g in zip(names, weights, grads):
+            g = torch.zeros_like(w) if g is None else g
+            out[name].append(projectors[name].project_matrix(g[None])[0])
+    return {name: torch.stack(v) for name, v in out.items()}

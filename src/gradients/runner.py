@@ -126,7 +126,9 @@ def gradient_pass(pair, alphas: list[float], store: ShardStore, spec, seed, auto
         module = GradientPassModule(pair, alphas, store, spec, seed, autolabels, batch_size=batch_size,
                                     store_dtype=store_dtype)
         loader = DataLoader(items, batch_size=1, shuffle=False, collate_fn=_first)
-        trainer = build_trainer(trainer_cfg, logger=False)
+        # A spec that differentiates through the model (several layers, by autograd) cannot run under
+        # Lightning's default inference mode, which no enable_grad can lift.
+        trainer = build_trainer(trainer_cfg, logger=False, inference_mode=not getattr(spec, "needs_grad", False))
         trainer.predict(module, loader, return_predictions=False)
         log.info("gradient pass: %d shards in %.1fs on %s x %s", len(items), time.perf_counter() - t0,
                  trainer_cfg.accelerator, trainer_cfg.devices)

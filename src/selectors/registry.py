@@ -34,7 +34,8 @@ def build_selectors(cfg) -> dict[str, Selector]:
 
 # A selector's ``gradients`` key → the run config field it overrides.
 GRADIENT_OPTIONS = {"precondition": "gradient.precondition", "projection": "gradient.projection",
-                    "checkpoints": "checkpoints", "P": "P"}
+                    "checkpoints": "checkpoints", "P": "P", "layers": "gradient.layers", "layer_d": "gradient.layer_d",
+                    "layer_norm": "gradient.layer_norm", "layer_weights": "gradient.layer_weights"}
 
 
 def with_gradient_options(cfg, options: dict):

@@ -28,8 +28,8 @@ class TopKSelector(Selector):
     name = "topk"
     needs_gradients = True
 
-    def __init__(self, center: bool = False):
-        self.center = center
+    def __init__(self, center: bool = False, name: str = "topk"):
+        self.center, self.name = center, name  # a variant's config (e.g. topk_layers) names its own result row
 
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)

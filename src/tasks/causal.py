@@ -36,6 +36,11 @@ def response_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (nll * mask[:, :-1]).sum(1), mask.sum(1)
 
 
+def per_example_nll(model, batch) -> torch.Tensor:
+    """[n] each example's summed response NLL: the loss whose per-example gradients the gradient pass takes."""
+    return response_nll(model, batch)[0]
+
+
 def token_mean_loss(model, batch):
     """The training loss: the mean over every response token of the batch (each token counts once)."""
     nll, n = response_nll(model, batch)
@@ -94,6 +99,14 @@ class CausalLMTask(Task):
             raise UserError(f"gradient.precondition must be one of {PRECONDITIONERS}, got {g.precondition!r}")
         if g.get("projection") == "exact":
             cls._check_exact(cfg)
+        if str(g.get("layers", "head")) != "head":
+            if g.get("projection", "auto") not in ("auto", "factored") or g.get("precondition", "none") != "none":
+                raise UserError("gradient.layers other than head projects every layer with its own factored map: it "
+                                "takes gradient.projection=auto|factored and gradient.precondition=none")
+            if g.get("layer_norm", "unit") not in ("unit", "none") or g.get("layer_weights", "equal") not in (
+                    "equal", "delta"):
+                raise UserError(f"gradient.layer_norm must be unit|none and gradient.layer_weights equal|delta, got "
+                                f"{g.get('layer_norm')!r}, {g.get('layer_weights')!r}")
 
     @classmethod
     def _check_exact(cls, cfg) -> None:
@@ -261,7 +274,21 @@ class CausalLMTask(Task):
             cs.append(out["c"].double() / m)
         return torch.stack(rs).mean(0).float(), torch.stack(cs).mean(0).float()
 
+    def _layers_spec(self, pair):
+        """Whole-model (or several-layer) gradients: ``src.gradients.layers``."""
+        from src.gradients.layers import LayersSpec, choose_layers, layer_projectors
+
+        g = self.cfg.gradient
+        names = choose_layers(pair.model, g.layers, self.cfg.model.head)
+        projectors = layer_projectors(pair.model, names, int(g.get("layer_d", 256)), int(self.cfg.projector.seed))
+        return LayersSpec(items=self.gradient_items, collate=self.collate(pair.tokenizer), loss_fn=per_example_nll,
+                          names=names, projectors=projectors, state0=pair.state0, statef=pair.statef,
+                          unit=g.get("layer_norm", "unit") == "unit", weights=g.get("layer_weights", "equal"),
+                          key={"loss": "token_sum", "fields": self.fields(), "max_length": self.cfg.model.max_length})
+
     def gradient_spec(self, pair, seed, autolabels: dict, alphas) -> GradientSpec:
+        if str(self.cfg.gradient.get("layers", "head")) != "head":
+            return self._layers_spec(pair)
         head = self.cfg.model.head
         projector = self._projector(pair)
         collate = self.collate(pair.tokenizer)
