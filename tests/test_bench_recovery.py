@@ -24,7 +24,7 @@ def test_candidates_plant_the_share_asked_half_trained_half_unseen():
         candidates(leaked, unseen, 0.5, rng=0)
 
 
-def test_length_matched_candidates_give_length_no_edge():
+def test_matched_candidates_give_the_matched_features_no_edge():
     g = torch.Generator().manual_seed(0)
     n_other, n_plant = 3000, 600
     lengths = torch.cat([torch.randint(10, 80, (n_other,), generator=g), torch.randint(30, 120, (n_plant,), generator=g)])
@@ -38,10 +38,15 @@ def test_length_matched_candidates_give_length_no_edge():
     raw_idx, raw_k = candidates(leaked, unseen, 0.07, rng=0)
     assert longest_precision(raw_idx, raw_k) > 0.3  # the give-away, before matching (random: 0.07)
     for share in (0.02, 0.07, 0.2):
-        idx, k = candidates(leaked, unseen, share, rng=0, lengths=lengths)
+        idx, k = candidates(leaked, unseen, share, rng=0, features=[lengths])
         assert int(planted[idx].sum()) == k and k / len(idx) == pytest.approx(share, abs=2e-3)
         assert len(set(idx.tolist())) == len(idx) and abs(int(leaked[idx].sum()) - int(unseen[idx].sum())) <= 1
         assert longest_precision(idx, k) < share + 2 * (share * (1 - share) / k) ** 0.5 + 0.02, share
+    # two features at once: a second give-away (novelty) is matched too
+    nov = torch.cat([torch.rand(n_other, generator=g), 0.5 + torch.rand(n_plant, generator=g)])
+    idx, k = candidates(leaked, unseen, 0.07, rng=0, features=[lengths, nov])
+    top = idx[torch.argsort(-nov[idx].double(), stable=True)[:k]]
+    assert planted[top].float().mean() < 0.07 + 2 * (0.07 * 0.93 / k) ** 0.5 + 0.03
 
 
 def test_confounded_worlds_are_named():

@@ -13,8 +13,9 @@ pipeline's cached stages, so a rerun scores every selector in seconds.
 What separates planted rows from the others must be only what θf was finetuned on (their topic). So the
 worlds have no topic marker in the text, one part of speech, rows θ0 never saw on both sides (the embedded
 LM's pretraining leaves out the half of WordNet the worlds draw from), and for each planted share the
-candidates are a *length-matched* draw of the other rows (``candidates``) plus a seeded draw of planted rows
-(half of each kind) making up that share. Each selector picks k = the number planted; its precision@k
+candidates are a *matched* draw of the other rows (``candidates``) plus a seeded draw of planted rows
+(half of each kind) making up that share, both sides thinned to one joint distribution of length and θ0's
+NLL of the text (novelty). Each selector picks k = the number planted; its precision@k
 (= recall) is the share of its picks that are planted. Give-away detectors (``length``, ``novelty``: θ0's
 NLL) know nothing of θf; a world where one differs from random by more than one standard deviation is
 flagged CONFOUNDED in the output. Seeds 0–2 are development seeds (defaults were chosen on them), 3–5
@@ -57,7 +58,7 @@ DETECTORS = ("length", "novelty")
 # Two-model token statistics (src/scores/token_stats.py); token_ratio is likelihood_ratio itself on task=lm.
 TOKEN_STATS = ("token_ratio", "ez_ratio", "mink_ratio", "label_kl")
 SELECTORS = ("random", *DETECTORS, "topk", "likelihood", "likelihood_ratio", *TOKEN_STATS, "select_paper",
-             "select_centered", "select", "select_balanced")
+             "select_centered", "select", "select_balanced", "topk_layers", "select_layers", "select_layers_balanced")
 HELDOUT = (3, 4, 5)  # never used to choose a default; README reports them beside the development seeds 0-2
 # Gradient variants for the diagnostics: (name, overrides). Each keys its own store; θf and autolabels are shared.
 VARIANTS = {
@@ -87,40 +88,46 @@ def world_overrides(lm: str, task: str, rng: int, n_other: int, n_plant: int, te
             *SPLITS.get((text, task), []), *WORLDS[lm]["overrides"]]
 
 
-def length_matched(other, planted, lengths, g, bins: int = 20):
-    """Seeded thinnings of the ``other`` and ``planted`` rows to one length distribution: per bin of the
-    lengths' quantiles, the overlap of the two (min of their shares), each side keeping as many rows as its
-    scarcest bin allows. Length alone then tells planted rows from the others no better than chance."""
+def matched(other, planted, features, g, bins: int | None = None):
+    """Seeded thinnings of the ``other`` and ``planted`` rows to one joint distribution of ``features`` (a
+    list of per-row values, e.g. length and θ0's NLL): per cell of the features' quantile bins, the overlap of
+    the two sides (min of their shares), each side keeping as many rows as its scarcest cell allows. Those
+    features alone then tell planted rows from the others no better than chance."""
     import torch
 
-    lengths = torch.as_tensor(lengths, dtype=torch.float64)
+    feats = [torch.as_tensor(f, dtype=torch.float64) for f in features]
+    bins = bins or (20 if len(feats) == 1 else 6)
     both = torch.cat([other, planted])
-    edges = torch.quantile(lengths[both], torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]).unique()
-    nb = len(edges) + 1
-    sides = [(rows, torch.bucketize(lengths[rows], edges)) for rows in (other, planted)]
-    counts = [torch.bincount(b, minlength=nb).double() for _, b in sides]
+    cells = [torch.zeros(len(other), dtype=torch.long), torch.zeros(len(planted), dtype=torch.long)]
+    n_cells = 1
+    for f in feats:
+        edges = torch.quantile(f[both], torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]).unique()
+        nb = len(edges) + 1
+        cells = [c * nb + torch.bucketize(f[rows], edges) for c, rows in zip(cells, (other, planted))]
+        n_cells *= nb
+    counts = [torch.bincount(c, minlength=n_cells).double() for c in cells]
     w = torch.minimum(counts[0] / len(other), counts[1] / len(planted))
     w = w / w.sum()
     out = []
-    for (rows, b), c in zip(sides, counts):
-        total = float((c[w > 0] / w[w > 0]).min())
-        keep = [rows[b == i][torch.randperm(int(c[i]), generator=g)[: int(w[i] * total)]] for i in range(nb)]
+    for rows, c, cnt in zip((other, planted), cells, counts):
+        total = float((cnt[w > 0] / w[w > 0]).min())
+        keep = [rows[c == i][torch.randperm(int(cnt[i]), generator=g)[: int(w[i] * total)]] for i in range(n_cells)]
         out.append(torch.cat(keep).sort().values)
     return out[0], out[1]
 
 
-def candidates(leaked, unseen, share: float, rng: int, lengths=None):
+def candidates(leaked, unseen, share: float, rng: int, features=None):
     """Row indices (sorted) of the other-topic rows plus a seeded draw of planted rows, half of each kind,
-    making up ``share`` of the candidates; and the number planted (= k). With ``lengths`` both sides are
-    first thinned to one length distribution (``length_matched``), and the other rows subsampled if the
-    planted rows left cannot make up the share."""
+    making up ``share`` of the candidates; and the number planted (= k). With ``features`` (per-row values,
+    e.g. length and θ0's NLL) both sides are first thinned to one joint distribution of them (``matched``),
+    and the other rows subsampled if the planted rows left cannot make up the share."""
     import torch
 
     g = torch.Generator().manual_seed(7919 + rng)
     other = (~leaked & ~unseen).nonzero().squeeze(1)
     lk, un = leaked.nonzero().squeeze(1), unseen.nonzero().squeeze(1)
-    if lengths is not None:
-        other, kept = length_matched(other, torch.cat([lk, un]), lengths, g)
+    if features is not None:
+        other, kept = matched(other, torch.cat([lk, un]), features, g)
         lk, un = kept[leaked[kept]], kept[unseen[kept]]
         fits = int(2 * min(len(lk), len(un)) * (1 - share) / share)  # the most other rows the planted rows allow
         if fits < len(other):
@@ -145,12 +152,15 @@ def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list
     pair = load_models(cfg, data, task)
     labels = autolabel(cfg, pair, data, task)
     leaked, unseen = torch.tensor(data.seed["leaked"]), torch.tensor(data.seed["unseen"])
+    # What the candidates are matched on: length and, where the task scores the text under θ0, its novelty
+    # to θ0 (planted topics can be rarer text for θ0 without any finetuning: species names, say).
+    match = [[len(t) for t in data.seed["text"]]] + ([labels["stat_nll_0"]] if "stat_nll_0" in labels else [])
     out = []
     for vname, (vcfg, names) in variants.items():
         # A task reads its gradient options from its config: one per variant.
         G, target = gradients(vcfg, pair, data, labels, get_task(vcfg, data.task.classes))
         for share in shares:
-            idx, k = candidates(leaked, unseen, share, int(cfg.rng), lengths=[len(t) for t in data.seed["text"]])
+            idx, k = candidates(leaked, unseen, share, int(cfg.rng), features=match)
             ctx = SelectionContext(n_seed=len(idx), labels=None if labels.get("labels") is None else labels["labels"][idx],
                                    logp_f=labels["logp_f"][idx], logp_0=labels["logp_0"][idx],
                                    stats={n.removeprefix("stat_"): v[idx] for n, v in labels.items()
