@@ -3,8 +3,8 @@ gradients, and the tables (no model is run here; `make bench-recovery` runs the 
 import pytest
 import torch
 
-from src.bench.recovery import (candidates, confounds, default_variants, format_tables, summarise,
-                                world_overrides)
+from src.bench.recovery import candidates, default_variants, world_overrides
+from src.bench.recovery_report import confounds, format_tables, summarise
 from src.config import compose_config
 from src.selectors.registry import build_selectors
 

@@ -59,3 +59,19 @@ def test_statistic_selector_ranks_and_names_a_missing_statistic():
         assert "nll_0" in str(e) and "length" in str(e)
     else:
         raise AssertionError("a missing statistic must fail")
+
+
+def test_fusion_ranks_alignment_and_a_statistic_together():
+    from src.selectors.fusion import FusionSelector, ranks
+
+    assert ranks(torch.tensor([0.1, 0.9, 0.5])).tolist() == [1 / 3, 1.0, 2 / 3]
+    t = torch.tensor([1.0, 0.0])
+    G = torch.tensor([[[1.0, 0.0], [0.9, 0.4], [0.0, 1.0], [0.5, 0.5]]])  # alignment order 0, 1, 3, 2
+    stats = {"lr_mean": torch.tensor([0.0, 3.0, 2.0, 1.0])}              # statistic order 1, 2, 3, 0
+    ctx = SelectionContext(n_seed=4, labels=torch.tensor([0, 0, 1, 1]), logp_f=torch.zeros(4), logp_0=torch.zeros(4),
+                           grads=G, target=t, stats=stats)
+    assert FusionSelector(weight=0.0)(ctx, 2).indices.tolist() == [0, 1]   # alignment alone
+    assert FusionSelector(weight=1.0)(ctx, 2).indices.tolist() == [1, 2]   # the statistic alone
+    assert FusionSelector(weight=0.5)(ctx, 1).indices.tolist() == [1]      # second on one, first on the other
+    picks = FusionSelector(weight=0.5, balance="classes")(ctx, 2).indices.tolist()
+    assert sorted(ctx.labels[picks].tolist()) == [0, 1]

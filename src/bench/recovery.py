@@ -28,11 +28,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import time
 from pathlib import Path
 
 from src.bench.common import offline_env
+from src.bench.recovery_report import DETECTORS, HELDOUT, format_tables, summarise
 
 # Per base LM: the finetuning recipe, and the true rows θf is finetuned on per (text, task). SmolLM2 is a
 # real pretrained LM: full finetuning at the small LM's 1e-3 would wreck it, so it uses the paper's 1e-4.
@@ -53,13 +53,10 @@ SEEDS = {("wordnet", "classify_lm"): ("wordnet_topics", "wordnet_other_topics"),
          ("fortunes", "lm"): ("fortunes_documents", "fortunes_documents_other_topics")}
 TEXTS = sorted({t for t, _ in SEEDS})
 TASKS = sorted({k for _, k in SEEDS})
-# Give-away detectors: rankings that know nothing of θf. They must sit at random in an honest world.
-DETECTORS = ("length", "novelty")
 # Two-model token statistics (src/scores/token_stats.py); token_ratio is likelihood_ratio itself on task=lm.
 TOKEN_STATS = ("token_ratio", "ez_ratio", "mink_ratio", "label_kl")
 SELECTORS = ("random", *DETECTORS, "topk", "likelihood", "likelihood_ratio", *TOKEN_STATS, "select_paper",
              "select_centered", "select", "select_balanced", "topk_layers", "select_layers", "select_layers_balanced")
-HELDOUT = (3, 4, 5)  # never used to choose a default; README reports them beside the development seeds 0-2
 # Gradient variants for the diagnostics: (name, overrides). Each keys its own store; θf and autolabels are shared.
 VARIANTS = {
     "θf, raw": ["checkpoints=theta_f", "P=1", "gradient.precondition=none"],
@@ -68,6 +65,15 @@ VARIANTS = {
     "θ0, Adafactor": ["checkpoints=theta_0", "P=1", "gradient.precondition=adafactor"],
     "path P=3, raw": ["checkpoints=theta_f", "P=3", "gradient.precondition=none"],
     "θf, raw, exact": ["checkpoints=theta_f", "P=1", "gradient.precondition=none", "gradient.projection=exact"],
+}
+# Whole-model gradient variants (--layer-variants): which layers, dims per layer, per-layer norm and weights.
+LAYER_VARIANTS = {
+    "all d256 unit/equal": ["gradient.layers=all", "gradient.layer_d=256"],
+    "all d1024 unit/equal": ["gradient.layers=all", "gradient.layer_d=1024"],
+    "all d1024 unit/delta": ["gradient.layers=all", "gradient.layer_d=1024", "gradient.layer_weights=delta"],
+    "all d1024 raw/delta": ["gradient.layers=all", "gradient.layer_d=1024", "gradient.layer_norm=none",
+                            "gradient.layer_weights=delta"],
+    "last:1 d1024 unit/equal": ["gradient.layers=last:1", "gradient.layer_d=1024"],
 }
 EXACT_TASKS = ("classify_lm",)  # projection=exact needs one-position gradients
 # The head-only diagnostic is a world of its own: θf trains the LM head alone (on frozen features), the case
@@ -197,78 +203,6 @@ def default_variants(cfg, selectors: dict) -> dict:
     return out
 
 
-def split_of(rng: int) -> str:
-    return "held-out" if rng in HELDOUT else "dev"
-
-
-WORLD = ("lm", "text", "task", "split")
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean ± std over the seeds per (lm, text, task, seed split, variant, selector, share)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        key = (r["lm"], r.get("text", "wordnet"), r["task"], split_of(r["rng"]), r["variant"], r["selector"], r["share"])
-        groups.setdefault(key, []).append(r)
-    out = []
-    for (lm, text, task, split, variant, sel, share), rs in groups.items():
-        vals = [r["precision"] for r in rs]
-        out.append({"lm": lm, "text": text, "task": task, "split": split, "variant": variant, "selector": sel,
-                    "share": share, "n_seeds": len(rs), "seeds": [r["rng"] for r in rs], "k": rs[0]["k"],
-                    "precision_mean": statistics.mean(vals),
-                    "precision_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                    "trained_mean": statistics.mean(r["trained"] for r in rs),
-                    "unseen_mean": statistics.mean(r["unseen"] for r in rs)})
-    return out
-
-
-def confounds(summary: list[dict]) -> list[str]:
-    """A line per (world, share, detector) where a give-away detector differs from random by more than one
-    standard deviation: the larger of random's std over the seeds and the binomial sd of random's
-    precision@k, sqrt(s (1 − s) / k) (three seeds can show a std near zero by chance)."""
-    import math
-
-    lines = []
-    for r in summary:
-        if r["selector"] not in DETECTORS:
-            continue
-        rand = next((x for x in summary if x["selector"] == "random" and x["share"] == r["share"]
-                     and x["variant"] == r["variant"] and all(x[w] == r[w] for w in WORLD)), None)
-        if rand is None:
-            continue
-        sd = max(rand["precision_std"], math.sqrt(r["share"] * (1 - r["share"]) / max(1, r["k"])))
-        if abs(r["precision_mean"] - rand["precision_mean"]) > sd:
-            lines.append(f"CONFOUNDED {r['lm']}, {r['text']}, task={r['task']} ({r['split']} seeds): {r['selector']} "
-                         f"{r['precision_mean']:.3f} vs random {rand['precision_mean']:.3f} at {r['share']:.0%} planted "
-                         f"(one sd = {sd:.3f})")
-    return lines
-
-
-def format_tables(summary: list[dict], shares) -> str:
-    lines = []
-    for world in dict.fromkeys(tuple(r.get(w, "wordnet" if w == "text" else None) for w in WORLD) for r in summary):
-        lm, text, task, split = world
-        rows = [r for r in summary if tuple(r.get(w) for w in WORLD) == world]
-        seeds = ",".join(map(str, sorted({s for r in rows for s in r.get("seeds", [])})))
-        lines.append(f"\n{lm}, {text}, task={task}, {split} seeds ({seeds}): precision@k of planted rows "
-                     "(k = number planted), mean ± std over seeds")
-        lines.append(f"{'gradients':<16} {'selector':<18}" + "".join(f"{f'{s:.0%} planted':>17}" for s in shares)
-                     + "   (7%: trained / unseen)")
-        for variant, sel in dict.fromkeys((r["variant"], r["selector"]) for r in rows):
-            cells, mid = [], None
-            for s in shares:
-                r = next((x for x in rows if x["variant"] == variant and x["selector"] == sel and x["share"] == s), None)
-                cells.append(f"{r['precision_mean']:>9.3f} ± {r['precision_std']:.3f}" if r else f"{'-':>17}")
-                if r and abs(s - 0.07) < 1e-9:
-                    mid = r
-            tail = f"   {mid['trained_mean']:.3f} / {mid['unseen_mean']:.3f}" if mid else ""
-            lines.append(f"{variant:<16} {sel:<18}" + "".join(cells) + tail)
-    flags = confounds(summary)
-    lines.append("\n" + ("\n".join(flags) if flags else "No world confounded: every give-away detector "
-                                                       f"({', '.join(DETECTORS)}) is within one sd of random."))
-    return "\n".join(lines)
-
-
 def applicable(cfg, selectors: dict) -> dict:
     """Drop what a task cannot run: class balance without classes, label-word statistics without label
     words, and token_ratio where it is likelihood_ratio itself (task=lm)."""
@@ -293,6 +227,7 @@ def main(argv=None) -> None:
     ap.add_argument("--selectors", nargs="+", default=list(SELECTORS))
     ap.add_argument("--diagnostics", action="store_true", help="also SELECT and top-k on every gradient variant")
     ap.add_argument("--head-only", action="store_true", help="also worlds whose θf trains the LM head alone")
+    ap.add_argument("--layer-variants", action="store_true", help="also SELECT and top-k on whole-model variants")
     ap.add_argument("--out", default="outputs/bench/recovery")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every world")
     args = ap.parse_args(argv)
@@ -315,6 +250,10 @@ def main(argv=None) -> None:
         if args.diagnostics:
             variants.update({name: (compose_config([*base, *o]), ["select", "topk"])
                              for name, o in VARIANTS.items() if "exact" not in name or task in EXACT_TASKS})
+        if args.layer_variants:
+            greedy = "select_balanced" if task == "classify_lm" else "select"
+            variants.update({name: (compose_config([*base, "gradient.precondition=none", *o]), [greedy, "topk"])
+                             for name, o in LAYER_VARIANTS.items()})
         print(f"{lm} {text} {task} θf={thetaf} rng={rng}", flush=True)
         for r in score_world(cfg, selectors, variants, args.shares):
             rows.append({"lm": lm if thetaf == "full" else f"{lm}, {thetaf} θf", "text": text, "task": task,
