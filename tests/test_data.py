@@ -3,7 +3,6 @@ import csv
 import gzip
 import json
 import os
-import time
 from pathlib import Path
 
 import datasets
@@ -261,10 +260,8 @@ def test_hub_dataset_offline_is_user_error_naming_the_dataset():
         pytest.skip("needs HF_HUB_OFFLINE=1 (set by conftest unless overridden)")
     cfg = OmegaConf.load(CONF / "seed" / "nq.yaml")
     assert cfg.path == "sentence-transformers/natural-questions"
-    t0 = time.monotonic()
     with pytest.raises(UserError) as e:
         load_table(cfg, "seed corpus")
-    assert time.monotonic() - t0 < 30
     assert "sentence-transformers/natural-questions" in str(e.value)
     assert "seed corpus" in str(e.value)
     assert "\n" not in str(e.value)  # one line for the entry point

@@ -30,7 +30,6 @@ def test_full_run_reports_every_selector_and_reuses_cached_stages(tiny_cfg, tmp_
     assert "θf: reusing" in caplog.text and "autolabel: reusing" in caplog.text
     assert "0 of 2 shards computed" in caplog.text
     assert [r["selector"] for r in res2["results"]] == ["topk"]
-    assert res2["timings"]["models"] < res["timings"]["models"]
 
 
 def test_gradient_cache_is_keyed_by_what_produced_it(tiny_cfg, tmp_path, caplog):
