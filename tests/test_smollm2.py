@@ -28,17 +28,29 @@ def test_the_packaged_smollm2_converts_once_and_predicts_a_known_next_token(tmp_
     assert tok.decode(nxt) == " Paris"
 
 
-def test_the_task_unties_its_head_and_reads_label_words_as_single_tokens(tmp_path):
-    from src.stages import load_task_data
+def test_the_task_unties_a_tied_head_and_label_words_are_single_smollm2_tokens(tmp_path):
+    # The untie logic on a tiny tied Llama (SmolLM2's architecture) saved as a folder: no 540 MB load.
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    cfg = compose_cfg(["task=classify_lm", "model=smollm2", "dataset.n_train=8", "dataset.n_test=8",
-                       "dataset.n_val=4", "seed.max_examples=8"], tmp_path)
-    data, task = load_task_data(cfg)
-    model, tok = task.build_base(data.task)
+    from src.tasks import get_task
+
+    cfg = compose_cfg(["task=classify_lm", "model=smollm2"], tmp_path)
+    smol = ensure_gguf_model(cfg.model.name_or_path, cfg.model_cache_dir)  # converted once per session
+    tok = AutoTokenizer.from_pretrained(smol)
+    for dataset in ("wordnet_topics", "fortunes_topics"):
+        words = compose_cfg([f"dataset={dataset}"], tmp_path).dataset.label_words
+        ids = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
+        assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(ids), dataset
+    folder = tmp_path / "tiny_tied_llama"
+    config = AutoConfig.for_model("llama", vocab_size=len(tok), hidden_size=16, intermediate_size=24,
+                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                  tie_word_embeddings=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = compose_cfg(["task=classify_lm", "model=smollm2", f"model.name_or_path={folder}"], tmp_path)
+    model, _ = get_task(cfg, list(cfg.dataset.classes)).build_base(None)
     assert model.lm_head.weight is not model.get_input_embeddings().weight  # model.untie_head=true
     torch.testing.assert_close(model.lm_head.weight, model.get_input_embeddings().weight)  # a copy, not a change
-    words = [tok(w, add_special_tokens=False)["input_ids"] for w in cfg.dataset.label_words]
-    assert all(len(ids) == 1 for ids in words)
 
 
 def test_a_missing_gguf_file_is_one_line():
