@@ -28,10 +28,34 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS_DIR / name))
 
 
+# Library messages a user cannot act on: the config of a converted or self-made model, inputs this project
+# pads and masks itself, and tips about other products.
+UNACTIONABLE = ("`loss_type=None` was set in the config", "We strongly recommend passing in an `attention_mask`",
+                "You may ignore this warning if your `pad_token_id`", "Token indices sequence length is longer than",
+                "Tip: For seamless cloud logging", "litlogger")
+
+
+class _Unactionable(logging.Filter):
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        return not any(p in msg for p in UNACTIONABLE)
+
+
 def quiet_libraries() -> None:
-    """Lightning repeats the same device banner for every fit/predict call; keep warnings only."""
+    """Lightning repeats the same device banner for every fit/predict call; keep warnings only, and drop the
+    library messages a user cannot act on (``UNACTIONABLE``) at their handlers."""
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' level on import: import first, then quiet)
+
     for name in ("lightning.pytorch", "lightning.fabric", "transformers.modeling_utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    for logger in (hf_logging.get_logger(), logging.getLogger("lightning.pytorch"), logging.getLogger("lightning")):
+        for handler in [*logger.handlers, *logging.getLogger().handlers]:
+            if not any(isinstance(f, _Unactionable) for f in handler.filters):
+                handler.addFilter(_Unactionable())
+        if not any(isinstance(f, _Unactionable) for f in logger.filters):
+            logger.addFilter(_Unactionable())
     import warnings
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")

@@ -28,6 +28,9 @@ def offline_env() -> None:
     for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
                        ("WANDB_MODE", "offline")):
         os.environ.setdefault(key, value)
+    from src.config import quiet_libraries
+
+    quiet_libraries()  # a benchmark's log is its figures, not library banners
 
 
 def load_average() -> str:
