@@ -245,7 +245,10 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         base = world_overrides(lm, task, rng, args.n_other, args.n_plant, text) + extra + list(args.overrides)
         cfg = compose_config(base)
-        selectors = applicable(cfg, build_selectors(compose_config([*base, f"baselines=[{','.join(args.selectors)}]"])))
+        names = list(dict.fromkeys([*args.selectors, *(["select", "topk"] if args.diagnostics else []),
+                                    *(["select_balanced" if task == "classify_lm" else "select", "topk"]
+                                      if args.layer_variants else [])]))  # what the variants run
+        selectors = applicable(cfg, build_selectors(compose_config([*base, f"baselines=[{','.join(names)}]"])))
         variants = default_variants(cfg, selectors)
         if args.diagnostics:
             variants.update({name: (compose_config([*base, *o]), ["select", "topk"])
