@@ -84,3 +84,13 @@ def test_summary_is_mean_and_std_over_seeds_per_selector_and_share():
     assert sel["n_seeds"] == 2
     text = format_tables(summary, [0.07])
     assert "0.700 ± 0.141" in text and "0.100 ± 0.000" in text and "dev seeds (0,1)" in text
+
+
+def test_markdown_table_bolds_the_best_selector_per_world():
+    from src.bench.recovery_report import markdown
+
+    rows = [{"lm": "m", "text": "t", "task": "lm", "variant": "default", "selector": s, "share": 0.07, "k": 10,
+             "rng": r, "precision": p, "trained": 0, "unseen": 0}
+            for s, ps in (("random", (0.1, 0.1)), ("select", (0.5, 0.7))) for r, p in zip((3, 4), ps)]
+    table = markdown(summarise(rows))
+    assert "| m, t, lm |" in table and "| select | **0.600 ± 0.141** |" in table and "| random | 0.100 ± 0.000 |" in table

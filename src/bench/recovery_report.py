@@ -77,3 +77,45 @@ def format_tables(summary: list[dict], shares) -> str:
     lines.append("\n" + ("\n".join(flags) if flags else "No world confounded: every give-away detector "
                                                        f"({', '.join(DETECTORS)}) is within one sd of random."))
     return "\n".join(lines)
+
+
+def markdown(summary: list[dict], share: float = 0.07, split: str = "held-out", selectors=None) -> str:
+    """One markdown table: a row per selector, a column per (lm, text, task) world, precision@k at ``share``
+    planted on the ``split`` seeds as mean ± std; the best cell of each column in bold."""
+    rows = [r for r in summary if r["split"] == split and abs(r["share"] - share) < 1e-9]
+    worlds = list(dict.fromkeys((r["lm"], r.get("text", "wordnet"), r["task"]) for r in rows))
+    names = list(selectors or dict.fromkeys(r["selector"] for r in rows))
+    cell = {(r["lm"], r.get("text", "wordnet"), r["task"], r["selector"]): r for r in rows}
+    best = {w: max((cell[(*w, n)]["precision_mean"] for n in names if (*w, n) in cell), default=None) for w in worlds}
+    out = ["| selector | " + " | ".join(f"{lm}, {text}, {task}" for lm, text, task in worlds) + " |",
+           "|---|" + "---|" * len(worlds)]
+    for n in names:
+        cells = []
+        for w in worlds:
+            r = cell.get((*w, n))
+            txt = "–" if r is None else f"{r['precision_mean']:.3f} ± {r['precision_std']:.3f}"
+            cells.append(f"**{txt}**" if r is not None and r["precision_mean"] == best[w] else txt)
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    """``python -m src.bench.recovery_report <recovery.json> [--share 0.07] [--split held-out]``: the markdown table."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("json", nargs="+")
+    ap.add_argument("--share", type=float, default=0.07)
+    ap.add_argument("--split", default="held-out", choices=["held-out", "dev"])
+    ap.add_argument("--selectors", nargs="*")
+    args = ap.parse_args(argv)
+    rows = [r for path in args.json for r in json.load(open(path))["rows"]]
+    summary = summarise(rows)
+    print(markdown(summary, args.share, args.split, args.selectors))
+    flags = confounds(summary)
+    print("\n" + "\n".join(flags) if flags else "\nNo world confounded.")
+
+
+if __name__ == "__main__":
+    main()
