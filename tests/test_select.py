@@ -187,3 +187,20 @@ def test_class_balance_on_a_task_without_classes_fails_before_any_compute(task):
     with pytest.raises(UserError, match=r"\['select_balanced', 'topk_balanced'\] balance picks over autolabel classes"):
         preflight(cfg, build_selectors(cfg))
     preflight(cfg, build_selectors(compose_config([f"task={task}", "baselines=[random]"])))  # the rest passes
+
+
+def test_prefilter_runs_greedy_on_the_top_rows_of_a_statistic():
+    G, t = rand(2, 40, 6, seed=4)
+    labels = torch.tensor([0, 1] * 20)
+    lf = torch.linspace(-3, 0, 40)  # likelihood rises with the row index
+    ctx = SelectionContext(n_seed=40, labels=labels, logp_f=lf, logp_0=torch.zeros(40), grads=G, target=t)
+    full = SelectSelector(balance="classes")(ctx, 6).indices
+    assert SelectSelector(balance="classes", prefilter="likelihood", prefilter_keep=1.0)(ctx, 6).indices.tolist() \
+        == full.tolist()
+    picks = SelectSelector(balance="classes", prefilter="likelihood", prefilter_keep=0.25)(ctx, 6).indices
+    assert picks.min() >= 30 and [int((labels[picks] == c).sum()) for c in (0, 1)] == [3, 3]
+    want, _ = greedy_select_naive(G[:, 30:], t, 6, running_sum="per_checkpoint", groups=labels[30:],
+                                  caps={0: 3, 1: 3})
+    assert picks.tolist() == (want + 30).tolist()
+    with pytest.raises(UserError, match="prefilter 'nope'"):
+        SelectSelector(prefilter="nope")(ctx, 3)

@@ -52,7 +52,7 @@ import torch
 from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector, state_path
 from src.selectors.greedy import METHODS, MODES, greedy
-from src.selectors.rows import as_rows
+from src.selectors.rows import SubsetRows, as_rows
 
 def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
                   reset_every: int | None = None, normalize: bool = False, center: bool = False, chunk: int = 16384,
@@ -95,7 +95,8 @@ class SelectSelector(Selector):
 
     def __init__(self, running_sum: str = "per_checkpoint", reset_every: int | None = None, normalize: bool = False,
                  center: bool = False, method: str = "exact", epsilon: float = 0.01, batch: int = 100,
-                 pool: int = 1000, balance: str = "none", name: str = "select"):
+                 pool: int = 1000, balance: str = "none", name: str = "select", prefilter: str | None = None,
+                 prefilter_keep: float = 0.5):
         # Checked here, when the job's selectors are built, before any data or model is loaded.
         if running_sum not in MODES:
             raise UserError(f"select: running_sum must be one of {list(MODES)}, got '{running_sum}'")
@@ -105,6 +106,11 @@ class SelectSelector(Selector):
             raise UserError(f"select: epsilon must be in (0, 1), got {epsilon}")
         if balance not in BALANCE:
             raise UserError(f"select: balance must be one of {list(BALANCE)}, got '{balance}'")
+        if prefilter is not None and not 0 < float(prefilter_keep) <= 1:
+            raise UserError(f"select: prefilter_keep must be in (0, 1], got {prefilter_keep}")
+        # prefilter: greedy runs on the rows a token statistic ranks in its top ``prefilter_keep`` share only
+        # (a fusion of what θf's likelihoods and its gradients say; None = every row).
+        self.prefilter, self.prefilter_keep = prefilter, float(prefilter_keep)
         self.balance = balance
         self.needs_classes = balance == "classes"
         self.name = name  # a variant's config (e.g. select_centered) names its own result row
@@ -121,9 +127,34 @@ class SelectSelector(Selector):
                       checkpoint=state_path(ctx, self.name, self.kw), checkpoint_every_s=ctx.checkpoint_every_s,
                       **caps, **self.kw)
 
+    def _pool(self, ctx, k: int):
+        """Row indices greedy may pick from: all, or the top ``prefilter_keep`` share (at least k) by the
+        ``prefilter`` statistic: likelihood (log p_θf), likelihood_ratio, or a token statistic's name."""
+        if self.prefilter is None:
+            return None
+        if self.prefilter == "likelihood":
+            score = ctx.logp_f
+        elif self.prefilter == "likelihood_ratio":
+            score = ctx.logp_f - ctx.logp_0
+        elif self.prefilter in ctx.stats:
+            score = ctx.stats[self.prefilter]
+        else:
+            raise UserError(f"{self.name}: prefilter '{self.prefilter}' is not likelihood, likelihood_ratio or a "
+                            f"token statistic of this task ({sorted(ctx.stats) or 'none'})")
+        n = max(int(k), round(self.prefilter_keep * ctx.n_seed))
+        return torch.argsort(-score.double(), stable=True)[:n].sort().values
+
     def select(self, ctx: SelectionContext, k: int) -> Selection:
         rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)
         t0 = time.perf_counter()
+        pool = self._pool(ctx, k)
+        if pool is not None:  # greedy on the pool's rows; its picks map back to corpus rows
+            sub = SelectionContext(**{**ctx.__dict__, "n_seed": len(pool),
+                                      "labels": None if ctx.labels is None else ctx.labels[pool]})
+            inner = SelectSelector(**{**self.kw, "balance": self.balance, "name": self.name}).select(
+                _with_rows(sub, SubsetRows(rows, pool)), k)
+            inner.indices = pool[inner.indices]
+            return inner
         if self.balance == "classes":
             if ctx.labels is None:
                 raise UserError(f"{self.name}: balance=classes needs class autolabels; this task has none")
@@ -135,3 +166,8 @@ class SelectSelector(Selector):
         return Selection(idx, objective=obj, info={"objective_first": float(obj[0]), "objective_last": float(obj[-1]),
                                     "objective_max": float(obj.max()), "device": str(rows.device),
                                     "method": self.kw["method"], "seconds": time.perf_counter() - t0})
+
+
+def _with_rows(ctx: SelectionContext, rows) -> SelectionContext:
+    ctx.grads = rows
+    return ctx
