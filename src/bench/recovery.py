@@ -40,7 +40,7 @@ WORLDS = {
     "wordnet_lm": {"n_train": {("wordnet", "classify_lm"): 1600, ("wordnet", "lm"): 1200,
                                ("fortunes", "classify_lm"): None, ("fortunes", "lm"): None}, "overrides": []},
     "smollm2": {"n_train": {("wordnet", "classify_lm"): 800, ("wordnet", "lm"): 600,
-                            ("fortunes", "classify_lm"): None, ("fortunes", "lm"): None},
+                            ("fortunes", "classify_lm"): 800, ("fortunes", "lm"): 600},
                 "overrides": ["finetune=paper", "finetune.epochs=2", "gradient.batch_size=32"]},
 }  # None: the dataset config's own n_train
 SPLITS = {("wordnet", "classify_lm"): ["dataset.n_test=400", "dataset.n_val=200"],
@@ -82,9 +82,10 @@ EXACT_TASKS = ("classify_lm",)  # projection=exact needs one-position gradients
 HEAD_ONLY = ["finetune.train=head", "finetune.lr=1e-3"]  # a head alone moves little at the body's 1e-4
 
 
-def world_overrides(lm: str, task: str, rng: int, n_other: int, n_plant: int, text: str = "wordnet") -> list[str]:
+def world_overrides(lm: str, task: str, rng: int, n_other: int, n_plant: int, text: str = "wordnet",
+                    n_train: int | None = None) -> list[str]:
     dataset, seed = SEEDS[(text, task)]
-    n_train = WORLDS[lm]["n_train"][(text, task)]
+    n_train = n_train or WORLDS[lm]["n_train"][(text, task)]
     if n_train is None:  # the dataset config's own size
         from src.config import compose_config
 
@@ -225,6 +226,7 @@ def main(argv=None) -> None:
     ap.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.07, 0.20])
     ap.add_argument("--n-other", type=int, default=2500, help="other-topic seed rows (before the length-matched draw)")
     ap.add_argument("--n-plant", type=int, default=500, help="planted rows available (half trained, half unseen)")
+    ap.add_argument("--n-train", type=int, default=None, help="θf's true rows (default: per world, WORLDS)")
     ap.add_argument("--selectors", nargs="+", default=list(SELECTORS))
     ap.add_argument("--diagnostics", action="store_true", help="also SELECT and top-k on every gradient variant")
     ap.add_argument("--head-only", action="store_true", help="also worlds whose θf trains the LM head alone")
@@ -244,7 +246,7 @@ def main(argv=None) -> None:
     for lm, text, task, (thetaf, extra), rng in itertools.product(args.lms, args.texts, args.tasks, thetafs.items(),
                                                                   args.seeds):
         t0 = time.perf_counter()
-        base = world_overrides(lm, task, rng, args.n_other, args.n_plant, text) + extra + list(args.overrides)
+        base = world_overrides(lm, task, rng, args.n_other, args.n_plant, text, args.n_train) + extra + list(args.overrides)
         cfg = compose_config(base)
         names = list(dict.fromkeys([*args.selectors, *(["select", "topk"] if args.diagnostics else []),
                                     *(["select_balanced" if task == "classify_lm" else "select", "topk"]
