@@ -49,7 +49,9 @@ def test_readme_recover_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert datasets.load_dataset("parquet", data_files=str(runs[0]), split="train")["row"] == picks["row"]
     assert (runs[0].parents[2] / "scores.parquet").is_file() and (runs[0].parents[2] / "results.json").is_file()
     out = capsys.readouterr().out
-    assert "objective" in out and re.search(r"animal definitions: \d+% of the picks, \d+% of the corpus", out)
+    assert "objective" in out and re.search(r"corpus: \d+% animal definitions", out)
+    for name in ("select", "likelihood_ratio", "length", "novelty", "random"):  # the give-away baselines too
+        assert re.search(rf"{name}: \d+% of its 50 picks", out), name
 
 
 
