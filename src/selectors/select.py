@@ -123,8 +123,11 @@ class SelectSelector(Selector):
         return {k: self.kw[k] for k in ("running_sum", "reset_every", "normalize", "center")}
 
     def _greedy(self, ctx, rows, k, **caps):
+        # The prefilter is part of the checkpoint's key: another statistic keeping as many rows would
+        # otherwise resume from this one's picks.
+        options = {**self.kw, "prefilter": self.prefilter, "prefilter_keep": self.prefilter_keep}
         return greedy(rows, ctx.target, k, seed=ctx.rng, precision=ctx.precision, progress=ctx.progress,
-                      checkpoint=state_path(ctx, self.name, self.kw), checkpoint_every_s=ctx.checkpoint_every_s,
+                      checkpoint=state_path(ctx, self.name, options), checkpoint_every_s=ctx.checkpoint_every_s,
                       **caps, **self.kw)
 
     def _pool(self, ctx, k: int):
@@ -148,26 +151,20 @@ class SelectSelector(Selector):
         rows = as_rows(ctx.grads, device=ctx.device, block_rows=ctx.block_rows)
         t0 = time.perf_counter()
         pool = self._pool(ctx, k)
-        if pool is not None:  # greedy on the pool's rows; its picks map back to corpus rows
-            sub = SelectionContext(**{**ctx.__dict__, "n_seed": len(pool),
-                                      "labels": None if ctx.labels is None else ctx.labels[pool]})
-            inner = SelectSelector(**{**self.kw, "balance": self.balance, "name": self.name}).select(
-                _with_rows(sub, SubsetRows(rows, pool)), k)
-            inner.indices = pool[inner.indices]
-            return inner
+        labels = ctx.labels
+        if pool is not None:  # greedy on the pool's rows; its picks map back to corpus rows below
+            rows, labels = SubsetRows(rows, pool), None if labels is None else labels[pool]
         if self.balance == "classes":
-            if ctx.labels is None:
+            if labels is None:
                 raise UserError(f"{self.name}: balance=classes needs class autolabels; this task has none")
             # One greedy over every row, each class capped at its quota: the objective, rank and trace
             # reported are those of the greedy that ran.
-            idx, obj = self._greedy(ctx, rows, k, groups=ctx.labels, caps=class_quotas(ctx.labels, k))
+            idx, obj = self._greedy(ctx, rows, k, groups=labels, caps=class_quotas(labels, k))
         else:
             idx, obj = self._greedy(ctx, rows, k)
+        if pool is not None:
+            idx = pool[idx]
         return Selection(idx, objective=obj, info={"objective_first": float(obj[0]), "objective_last": float(obj[-1]),
                                     "objective_max": float(obj.max()), "device": str(rows.device),
                                     "method": self.kw["method"], "seconds": time.perf_counter() - t0})
 
-
-def _with_rows(ctx: SelectionContext, rows) -> SelectionContext:
-    ctx.grads = rows
-    return ctx
