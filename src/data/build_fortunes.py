@@ -66,7 +66,6 @@ so rebuilding from the same input gives a byte-identical file.
 from __future__ import annotations
 
 import argparse
-import collections
 import re
 import shutil
 import subprocess
@@ -74,7 +73,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from src.data.build_wordnet import write_jsonl_gz
+from src.data.build_wordnet import print_counts, write_jsonl_gz
 
 DEFAULT_FORTUNE_DIR = Path("/usr/share/games/fortunes")
 DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "fortunes.jsonl.gz"
@@ -200,11 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         records = build_records(fortune_dir)
     write_jsonl_gz(records, args.out)
 
-    counts = collections.Counter(r["category"] for r in records)
-    for category, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        print(f"{category:22s} {n:7d}")
-    print(f"{'total':22s} {len(records):7d}")
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    print_counts(records, "category", args.out)
     return 0
 
 

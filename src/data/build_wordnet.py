@@ -212,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
                      key=lambda r: (r["pos"], r["id"][1:]))
     write_jsonl_gz(records, args.out)
 
-    counts = collections.Counter(r["lexname"] for r in records)
-    for lexname, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        print(f"{lexname:22s} {n:7d}")
-    print(f"{'total':22s} {len(records):7d}")
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    print_counts(records, "lexname", args.out)
     return 0
+
+
+def print_counts(records: list[dict], field: str, out: Path) -> None:
+    """Rows per value of ``field``, most first, the total and the file written (the build scripts' report)."""
+    counts = collections.Counter(r[field] for r in records)
+    for value, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"{value:22s} {n:7d}")
+    print(f"{'total':22s} {len(records):7d}")
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
 
 
 if __name__ == "__main__":
