@@ -14,6 +14,8 @@ def id_bucket(row_id: str, n: int) -> int:
     return int.from_bytes(hashlib.sha1(str(row_id).encode()).digest()[:8], "big") % int(n)
 
 
-def in_buckets(row_id: str, spec) -> bool:
-    """``spec`` is ``{n: count, keep: [bucket, ...]}``."""
-    return id_bucket(row_id, spec["n"]) in set(spec["keep"])
+def bucket_filter(spec):
+    """``spec`` is ``{n: count, keep: [bucket, ...]}`` → ``row_id -> bool`` (in one of the kept buckets). The spec
+    is read once into plain values: a config read per row costs more than the hash."""
+    n, keep = int(spec["n"]), {int(b) for b in spec["keep"]}
+    return lambda row_id: id_bucket(row_id, n) in keep

@@ -117,12 +117,12 @@ def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind:
         banned = set(banned)
         rows = [r for r in rows if r[field] not in banned]
     if cfg.get("buckets"):  # a stable hash-split of the ids (e.g. the half the embedded base LM never saw)
-        from src.data.buckets import in_buckets
+        from src.data.buckets import bucket_filter
 
-        spec, id_field = cfg.buckets, cfg.get("id_field")
+        keep, id_field = bucket_filter(cfg.buckets), cfg.get("id_field")
         if not id_field:
             raise UserError(f"{what}: `buckets` splits rows by their id, so it needs `id_field`")
-        rows = [r for r in rows if in_buckets(r[id_field], spec)]
+        rows = [r for r in rows if keep(r[id_field])]
     rows = _clean_rows(rows, cfg, what)
     # Config values are read once into locals: an OmegaConf attribute read per row costs more than the row.
     if cfg.get("prompt_template") or cfg.get("text_template"):

@@ -74,12 +74,13 @@ def pretraining_texts(asset_path, exclude_lexnames, seed: int, leave_out=None) -
     One definition text per synset (its first lemma, as the SFT templates use); example sentences
     repeated across synsets are kept once.
     """
-    from src.data.buckets import in_buckets
+    from src.data.buckets import bucket_filter
 
     exclude = set(exclude_lexnames or ())
+    left_out = bucket_filter(leave_out) if leave_out else None
     defs, examples = [], {}
     for r in _records(asset_path):
-        if leave_out and in_buckets(r["id"], leave_out):
+        if left_out and left_out(r["id"]):
             continue
         if r["lexname"] not in exclude:
             defs.append(format_prompt(r["words"][0], r["lexname"]) + format_response(r["definition"]))
