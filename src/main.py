@@ -53,7 +53,6 @@ def print_table(res: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    quiet_libraries()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = None
     try:
@@ -63,6 +62,7 @@ def main(cfg: DictConfig) -> None:
 
         validate(cfg)
         preflight(cfg, build_selectors(cfg))
+        quiet_libraries()  # imports Lightning and transformers: seconds a bad option need not wait
         from src.pipeline import run  # heavy imports only once a run really starts
 
         logger = make_logger(cfg, out_dir)
