@@ -29,10 +29,11 @@ def register_resolvers() -> None:
 
 
 # Library messages a user cannot act on: the config of a converted or self-made model, inputs this project
-# pads and masks itself, and tips about other products.
+# pads and masks itself, a tensor-parallel plan check of a model loaded on one device, and tips about other
+# products.
 UNACTIONABLE = ("`loss_type=None` was set in the config", "We strongly recommend passing in an `attention_mask`",
                 "You may ignore this warning if your `pad_token_id`", "Token indices sequence length is longer than",
-                "Tip: For seamless cloud logging", "litlogger")
+                "The following layers were not sharded", "Tip: For seamless cloud logging", "litlogger")
 
 
 class _Unactionable(logging.Filter):
