@@ -10,11 +10,15 @@ tests all compose through here, so none of them imports the entry point.
 - ``register_resolvers()``: ``${asset:name}``, a file shipped in ``src/data/assets``.
 - ``quiet_libraries()``: keep warnings only from libraries that repeat banners on every call.
 - ``compose_config(overrides)``: the root config with Hydra overrides, as the command line composes it.
+- ``run_options(cfg)``: the composed config as a run's frozen options (``src.options``), checked; the
+  selectors' specs read from ``conf/selector/<name>.yaml`` for every name in ``baselines``.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+from src.errors import UserError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ASSETS_DIR = Path(__file__).resolve().parent / "data" / "assets"
@@ -69,3 +73,35 @@ def compose_config(overrides=()):
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def to_plain(cfg) -> dict:
+    """A composed config as plain Python, interpolations resolved."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def selector_specs(cfg) -> dict[str, dict]:
+    """The main ``selector`` (keyed ``selector``) and every name in ``baselines``, each a plain spec
+    (``{"_target_": ..., options..., "gradients": {...}}``) read from conf/selector/<name>.yaml."""
+    from omegaconf import OmegaConf
+
+    register_resolvers()
+    known = sorted(p.stem for p in (CONF_DIR / "selector").glob("*.yaml"))
+    specs = {"selector": to_plain(cfg.selector)}
+    for name in cfg.get("baselines") or []:
+        if name not in known:
+            raise UserError(f"Unknown selector '{name}'.{did_you_mean(name, known)}")
+        specs.setdefault(name, OmegaConf.to_container(OmegaConf.load(CONF_DIR / "selector" / f"{name}.yaml"),
+                                                      resolve=True))
+    return specs
+
+
+def run_options(cfg):
+    """The run's options (``src.options.RunOptions``), every value checked (``UserError`` on the first bad one)."""
+    from src.options import RunOptions
+
+    plain = to_plain(cfg)
+    plain.pop("hydra", None)
+    return RunOptions.from_dict(plain, selector_specs(cfg))
