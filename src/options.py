@@ -1,8 +1,7 @@
 """A run's options: small frozen objects made once from the config, each checking its own values.
 
-``RunOptions.from_dict(plain)`` builds them from the composed config as plain Python (``src.config``
-turns the Hydra config into that dict); everything below the pipeline (stages, tasks, the gradient
-pass, selectors, the data layer) reads these objects and never the config. A value out of its set or
+``src.config.run_options`` builds them from the composed config; everything below the pipeline
+(stages, tasks, the gradient pass, selectors, the data layer) reads these objects and never the config. A value out of its set or
 range fails in the constructor, in one line (``UserError``), before any data or model is loaded. A
 selector that selects on other gradients gets ``dataclasses.replace(run.gradient, **its options)``,
 checked by the same constructor. Cache keys hash these objects (``src.cache.stable_hash``).
@@ -274,34 +273,3 @@ class RunOptions:
     @property
     def has_true_data(self) -> bool:
         return self.dataset is not None
-
-    @classmethod
-    def from_dict(cls, c: dict, selectors: dict) -> RunOptions:
-        """From the composed config as plain, resolved Python, with the selectors' specs by name."""
-        g = dict(c.get("gradient") or {})
-        proj = {k: v for k, v in (c.get("projector") or {}).items() if k != "_partial_"}
-        proj = build(ProjectorOptions, {"target": proj.pop("_target_", ProjectorOptions.target), **proj}, "projector")
-        gradient = build(GradientOptions, {**g, "d": c["d"], "P": c["P"], "projector": proj,
-                                           "checkpoints": c.get("checkpoints", "theta_f")}, "gradient")
-        dataset = None if c.get("dataset") is None else build(SourceOptions, c["dataset"], "dataset")
-        model = build(ModelOptions, c["model"], "model")
-        retrain = build(TrainOptions, c["retrain"], "retrain")
-        task = TaskOptions(
-            name=c["task"], model=model, trainer=build(TrainerOptions, c["trainer"], "trainer"), rng=int(c["rng"]),
-            batch_size=int(gradient.batch_size), eval_batch_size=int(retrain.eval_batch_size),
-            base_lm=c.get("base_lm"), model_cache_dir=str(c.get("model_cache_dir") or c["cache_dir"]),
-            generation=None if c.get("generation") is None else build(GenerationOptions, c["generation"], "generation"),
-            label_words=tuple(dataset.label_words) if dataset is not None and dataset.label_words else None,
-            lm_prompt=(dataset.lm_prompt if dataset is not None and dataset.lm_prompt
-                       else (c.get("classify_lm") or {}).get("prompt") or TaskOptions.lm_prompt))
-        emb, ot = c.get("embedder") or {}, c.get("ot") or {}
-        evaluation = EvalOptions(
-            embedder=emb.get("name_or_path", EvalOptions.embedder), embed_batch_size=emb.get("batch_size", 128),
-            embed_max_length=emb.get("max_length", 128), ot_method=ot.get("method", "emd"), ot_reg=ot.get("reg", 0.1),
-            max_true=ot.get("max_true", 2000))
-        return cls(task=task, gradient=gradient, seed=build(SourceOptions, c["seed"], "seed"), dataset=dataset,
-                   finetune=build(TrainOptions, c["finetune"], "finetune"), retrain=retrain,
-                   selection=build(SelectionOptions, c.get("selection"), "selection"), evaluation=evaluation,
-                   selectors=selectors, mode=c.get("mode", "experiment"), k=int(c["k"]),
-                   classes=tuple(str(x) for x in c["classes"]) if c.get("classes") else None,
-                   cache_dir=str(c["cache_dir"]))
