@@ -1,10 +1,11 @@
 """A run's options: small frozen objects made once from the config, each checking its own values.
 
 ``src.config.run_options`` builds them from the composed config; everything below the pipeline
-(stages, tasks, the gradient pass, selectors, the data layer) reads these objects and never the config. A value out of its set or
-range fails in the constructor, in one line (``UserError``), before any data or model is loaded. A
-selector that selects on other gradients gets ``dataclasses.replace(run.gradient, **its options)``,
-checked by the same constructor. Cache keys hash these objects (``src.cache.stable_hash``).
+(stages, tasks, the gradient pass, selectors, the data layer) reads these objects and never the
+config. A value out of its set or range fails in the constructor, in one line (``UserError``), before
+any data or model is loaded. A selector that selects on other gradients gets the run's gradient
+options with its own values replaced (``GradientOptions.with_selector``), checked by the same
+constructor. Cache keys hash these objects (``src.cache.stable_hash``).
 """
 from __future__ import annotations
 

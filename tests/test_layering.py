@@ -1,7 +1,8 @@
 """The source's layering, read from its imports (every import, also those inside functions): no module
 imports one that imports it back, directly or around a loop, neither between modules nor between the
-packages of ``src`` (``src.tasks`` ↔ ``src.training`` would be a loop), and the config libraries are
-read only where config files are (``ALLOWED``): everything below the pipeline gets option objects."""
+packages of ``src`` (``src.tasks`` ↔ ``src.training`` would be a loop); nothing below the pipeline
+imports the layers above it (``UPPER``); and the config libraries are read only where config files are
+(``ALLOWED``): everything below the pipeline gets option objects."""
 import ast
 from pathlib import Path
 
@@ -99,6 +100,20 @@ def test_no_import_cycles_between_packages():
     for mod, targets in inner.items():
         pkgs.setdefault(package(mod), set()).update(package(t) for t in targets if package(t) != package(mod))
     assert cycles(pkgs) == []
+
+
+# The layers above the pipeline's stages: entry points, the config layer, the pipeline and its checks, results.
+UPPER = {"src.main", "src.api", "src.config", "src.pipeline", "src.checks", "src.tracking", "src.report",
+         "src.results"}
+# The embedded LM's own command line (``python -m src.lm.base_lm``) reads its default config file.
+UPWARD_ALLOWED = {("src.lm.base_lm", "src.config")}
+
+
+def test_nothing_below_the_pipeline_imports_upwards():
+    inner, _ = graph()
+    upward = {(mod, t) for mod, targets in inner.items() if mod not in UPPER and not mod.startswith("src.bench.")
+              for t in targets & UPPER}
+    assert upward <= UPWARD_ALLOWED, sorted(upward - UPWARD_ALLOWED)
 
 
 def test_only_the_config_layer_imports_the_config_libraries():

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from src.collate import PromptResponseCollate
 from src.errors import UserError
 from src.gradients.last_layer import response_mask, response_positions, second_moments
 from src.gradients.last_layer import projected_target as layer_target
@@ -23,7 +24,6 @@ from src.gradients.projectors import FactoredProjector, make_projector
 from src.models import _from_hub
 from src.options import GradientOptions, RunOptions, TaskOptions
 from src.tasks.base import GradientSpec, Task
-from src.collate import PromptResponseCollate
 
 log = logging.getLogger(__name__)
 

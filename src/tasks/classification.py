@@ -6,13 +6,13 @@ import functools
 
 import torch
 
+from src.collate import TextCollate
 from src.errors import UserError
 from src.gradients.last_layer import pooled_positions, projected_target
 from src.gradients.projectors import make_projector
 from src.models import build_classifier, load_finetuned, load_tokenizer
 from src.options import GradientOptions, RunOptions
 from src.tasks.base import GradientSpec, Task
-from src.collate import TextCollate
 
 
 class ClassificationTask(Task):

@@ -18,10 +18,10 @@ import logging
 
 import torch
 
+from src.collate import LabelWordCollate
 from src.errors import UserError
 from src.gradients.last_layer import answer_logits
 from src.tasks.causal import CausalLMTask
-from src.collate import LabelWordCollate
 
 log = logging.getLogger(__name__)
 
