@@ -229,7 +229,7 @@ class TaskOptions:
     model: ModelOptions
     trainer: TrainerOptions = field(default_factory=TrainerOptions)
     rng: int = 0
-    batch_size: int = 128          # forward passes (autolabel, scoring, preconditioner estimate)
+    batch_size: int = 128          # forward passes (autolabel, scoring)
     eval_batch_size: int = 128     # evaluating a model on the test split
     base_lm: dict | None = None    # the embedded LM's pretraining config, when model.name_or_path=base_lm
     model_cache_dir: str = "outputs/cache"
