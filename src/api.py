@@ -44,14 +44,13 @@ def _model_overrides(base: str) -> list[str]:
 def model_path(base: str = "wordnet_lm", task: str = "sft", cache_dir: str | None = None) -> str:
     """The local folder (or hub id) of a base model config, building the embedded LM (or converting a
     packaged GGUF file) if it is not cached."""
-    from omegaconf import OmegaConf
-
+    from src.config import to_plain
     from src.lm.base_lm import ensure_base_lm
     from src.models import resolve_path
 
     cfg = _compose([f"task={task}", *_model_overrides(base), *([f"cache_dir={_q(cache_dir)}"] if cache_dir else [])])
     if cfg.model.name_or_path == "base_lm":  # the embedded LM: a folder in model_cache_dir, pretrained once
-        return ensure_base_lm(OmegaConf.to_container(cfg.base_lm, resolve=True), cfg.model_cache_dir)
+        return ensure_base_lm(to_plain(cfg.base_lm), cfg.model_cache_dir)
     if str(cfg.model.name_or_path).startswith("gguf:"):  # a packaged GGUF file (smollm2), converted once
         from src.lm.gguf import ensure_gguf_model
 

@@ -11,19 +11,18 @@ import json
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from dataclasses import asdict, is_dataclass
 
 CACHE_VERSION = 1  # bump when a stage's output format or meaning changes
 
 
 def _plain(x):
-    if isinstance(x, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(x, resolve=True)
-    return x
+    """Option objects (``src.options``), also nested in a dict, hash as the values they hold."""
+    return asdict(x) if is_dataclass(x) and not isinstance(x, type) else str(x)
 
 
 def stable_hash(*parts, n: int = 16) -> str:
-    blob = json.dumps([CACHE_VERSION, *map(_plain, parts)], sort_keys=True, default=str)
+    blob = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=_plain)
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 

@@ -116,3 +116,22 @@ def check_head_changed(state0: dict, statef: dict, head: str, name: str) -> None
     if keys and all(torch.equal(state0[k], statef[k]) for k in keys):
         raise UserError(f"θf ({name}) is identical to θ0 on the last layer '{head}', so the target −(θf − θ0) is "
                         f"zero; pass a model finetuned with '{head}' trainable, or set model.head to a layer that changed")
+
+
+def classes_without_data(classes, finetuned: str | None) -> list[str]:
+    """The class names when there is no true data: ``classes`` if given, else the id2label of a θf with a
+    sequence-classification head.
+
+    Tasks without classes (SFT, LM) ignore them. A causal LM's config carries a placeholder id2label
+    (LABEL_0, LABEL_1) that names no real classes, and a PEFT adapter folder has no config.json of
+    its own: label-word classification and adapters take their classes from ``classes``.
+    """
+    if classes:
+        return [str(c) for c in classes]
+    path = Path(str(finetuned)) / "config.json"
+    if finetuned and not is_adapter(str(finetuned)) and path.is_file():
+        config = json.loads(path.read_text())
+        if any("SequenceClassification" in a for a in config.get("architectures") or []):
+            id2label = config.get("id2label") or {}
+            return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return []

@@ -57,11 +57,12 @@ def main(cfg: DictConfig) -> None:
     logger = None
     try:
         # Bad options fail here in one line, before Lightning, W&B and the pipeline are even imported.
-        from src.checks import preflight, validate
+        from src.checks import preflight
+        from src.config import run_options
         from src.selectors.registry import build_selectors
 
-        validate(cfg)
-        preflight(cfg, build_selectors(cfg))
+        opts = run_options(cfg)
+        preflight(opts, build_selectors(opts.selectors))
         quiet_libraries()  # imports Lightning and transformers: seconds a bad option need not wait
         from src.pipeline import run  # heavy imports only once a run really starts
 

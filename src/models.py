@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from src.errors import UserError
+from src.options import CHECKPOINT_GRIDS, ModelOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,16 @@ def _from_hub(loader, name: str, **kw):
         ) from e
 
 
-def load_tokenizer(cfg):
-    tok = _from_hub(AutoTokenizer.from_pretrained, cfg.get("tokenizer") or cfg.name_or_path)
+def load_tokenizer(model: ModelOptions):
+    tok = _from_hub(AutoTokenizer.from_pretrained, model.tokenizer or model.name_or_path)
     if tok.pad_token is None:  # GPT-2 / Llama ship without one
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return tok
 
 
-def build_classifier(cfg, num_labels: int, head_seed: int, require_head: bool = False) -> torch.nn.Module:
+def build_classifier(opts: ModelOptions, num_labels: int, head_seed: int,
+                     require_head: bool = False) -> torch.nn.Module:
     """θ0 for a classification task: the base model with a new head, initialised from ``head_seed``.
 
     The head seed is part of θ0: θf is finetuned from exactly this model, so the head delta is meaningful.
@@ -59,16 +61,16 @@ def build_classifier(cfg, num_labels: int, head_seed: int, require_head: bool = 
     is an error: θf − θ0 on the head would be measured from a random initialisation θf never started from.
     """
     torch.manual_seed(head_seed)
-    if cfg.name_or_path.startswith("random:"):
-        config = AutoConfig.for_model(cfg.name_or_path[7:], num_labels=num_labels, **dict(cfg.get("config") or {}))
+    if opts.name_or_path.startswith("random:"):
+        config = AutoConfig.for_model(opts.name_or_path[7:], num_labels=num_labels, **dict(opts.config or {}))
         model = AutoModelForSequenceClassification.from_config(config)
     else:
-        model, info = _from_hub(AutoModelForSequenceClassification.from_pretrained, cfg.name_or_path,
+        model, info = _from_hub(AutoModelForSequenceClassification.from_pretrained, opts.name_or_path,
                                 num_labels=num_labels, output_loading_info=True)
-        fresh = sorted(k for k in info["missing_keys"] if k.startswith(f"{cfg.head}."))
+        fresh = sorted(k for k in info["missing_keys"] if k.startswith(f"{opts.head}."))
         if require_head and fresh:
             raise UserError(
-                f"θ0 '{cfg.name_or_path}' has no trained '{cfg.head}' layer (its checkpoint lacks {fresh[0]}), so "
+                f"θ0 '{opts.name_or_path}' has no trained '{opts.head}' layer (its checkpoint lacks {fresh[0]}), so "
                 "θf − θ0 there would be measured from a random initialisation; pass as the base model the one θf "
                 "was finetuned from, saved with its classification head")
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
@@ -119,9 +121,6 @@ def interpolate(state0: dict, statef: dict, alpha: float) -> dict:
     return {k: (v + alpha * (statef[k] - v)) if v.is_floating_point() else v for k, v in state0.items()}
 
 
-CHECKPOINT_GRIDS = ("theta_f", "theta_0")
-
-
 def checkpoint_alphas(P: int, grid: str = "theta_f") -> list[float]:
     """The synthetic checkpoints θ̂ = θ0 + α(θf − θ0) on the line from θ0 to θf.
 
@@ -158,13 +157,12 @@ class ModelPair:
         return get_module(self.model, self.head_name)
 
     def head_delta(self) -> torch.Tensor:
-        """θf − θ0 restricted to the last layer, flattened like the gradient rows (``flat_layer``)."""
-        from src.gradients.last_layer import flat_layer
-
+        """θf − θ0 restricted to the last layer, flattened like the gradient rows: row c = [ΔW_c, Δb_c] (the
+        layout of ``src.gradients.last_layer.flat_layer``, which the gradient code builds on this module)."""
         w, b = f"{self.head_name}.weight", f"{self.head_name}.bias"
         dw = self.statef[w] - self.state0[w]
         db = (self.statef[b] - self.state0[b]) if b in self.state0 else None
-        return flat_layer(dw.float(), db.float() if db is not None else None)
+        return (torch.cat([dw, db[:, None]], dim=1) if db is not None else dw).float().reshape(-1)
 
     def fresh(self, alpha: float = 0.0) -> torch.nn.Module:
         """An independent copy of θ̂_α (for retraining, which must not touch the pair)."""

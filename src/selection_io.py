@@ -30,7 +30,6 @@ from pathlib import Path
 
 import datasets
 import torch
-import torch.nn.functional as F
 
 from src.selectors.greedy import objective_trace
 from src.selectors.topk import alignment

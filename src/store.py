@@ -33,9 +33,10 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save
 
 from src.cache import atomic_write_bytes, atomic_write_json, file_sha256
+from src.options import STORE_DTYPE_NAMES
 
 # The dtypes a gradient store may hold (``gradient.store_dtype``): float16/bfloat16 halve it.
-STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STORE_DTYPES = {name: getattr(torch, name) for name in STORE_DTYPE_NAMES}  # the names the options accept
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from src.config import to_plain
 
 
-def make_logger(cfg: DictConfig, out_dir: Path):
+def make_logger(cfg, out_dir: Path):
     """The configured Lightning logger (``cfg.logger``), or None for ``logger=none``."""
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
@@ -30,7 +30,7 @@ def make_logger(cfg: DictConfig, out_dir: Path):
     group = cfg.logger.get("group") or (Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None)
     name = f"{Path(hc.sweep.dir).name}-{out_dir.name}" if hc.mode.name == "MULTIRUN" else out_dir.name
     logger = instantiate(cfg.logger, save_dir=str(out_dir), name=name, group=group)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_hyperparams(to_plain(cfg))
     return logger
 
 

@@ -1,7 +1,7 @@
 """Lightning glue: finetuning/retraining a classifier and batched forward passes.
 
 The math lives elsewhere (``src.gradients``); this file only moves batches through
-models on whatever accelerator the ``trainer`` config names.
+models on whatever accelerator the trainer options (``src.options.TrainerOptions``) name.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from src.tasks.collate import TextCollate
+from src.collate import TextCollate
+from src.options import TrainerOptions, TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,10 @@ def make_loader(tokenizer, texts, labels=None, *, batch_size: int, max_length: i
                       generator=torch.Generator().manual_seed(seed))
 
 
-def build_trainer(cfg, logger=False, **overrides) -> L.Trainer:
-    kw = dict(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
-              strategy=cfg.get("strategy", "auto"), num_nodes=cfg.get("num_nodes", 1),
-              enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
-              enable_checkpointing=False, logger=logger, log_every_n_steps=cfg.get("log_every_n_steps", 10))
+def build_trainer(t: TrainerOptions, logger=False, **overrides) -> L.Trainer:
+    kw = dict(accelerator=t.accelerator, devices=t.devices, precision=t.precision, strategy=t.strategy,
+              num_nodes=t.num_nodes, enable_progress_bar=t.progress_bar, enable_model_summary=False,
+              enable_checkpointing=False, logger=logger, log_every_n_steps=t.log_every_n_steps)
     kw.update(overrides)
     return L.Trainer(**kw)
 
@@ -101,24 +101,24 @@ class EpochMonitor(L.Callback):
                 "epoch_scores": [round(self.sign * s, 6) for s in self.history]}  # in the metric's own units
 
 
-def fit(model, loader, ft, trainer_cfg, rng: int, logger=False, prefix="train", loss_fn=classification_loss,
-        monitor: EpochMonitor | None = None, head: str | None = None):
+def fit(model, loader, ft: TrainOptions, trainer: TrainerOptions, logger=False, prefix="train",
+        loss_fn=classification_loss, monitor: EpochMonitor | None = None, head: str | None = None):
     """Train ``model`` in place for ``ft.epochs`` (or ``ft.max_steps``) over ``loader``; with a
     ``monitor``, end at (and keep) its best epoch. ``ft.train=head`` trains the last layer (``head``) alone,
     the body frozen: a θf whose delta is exactly a sum of last-layer gradients on fixed features."""
     # A fixed number of optimiser steps would make tiny selections train longer per example;
     # epochs keep "k examples seen E times" comparable across selectors.
-    trainer = build_trainer(trainer_cfg, logger=logger, max_epochs=ft.epochs, max_steps=ft.get("max_steps") or -1,
-                            callbacks=[monitor] if monitor is not None else None)
+    lightning = build_trainer(trainer, logger=logger, max_epochs=ft.epochs, max_steps=ft.max_steps or -1,
+                              callbacks=[monitor] if monitor is not None else None)
     frozen = []
-    if ft.get("train", "all") == "head":
+    if ft.train == "head":
         keep = {id(p) for p in model.get_submodule(head).parameters()}
         frozen = [p for p in model.parameters() if id(p) not in keep and p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
     model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
     try:
-        trainer.fit(TrainModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix, loss_fn), loader)
+        lightning.fit(TrainModule(model, ft.lr, ft.weight_decay, ft.warmup_ratio, prefix, loss_fn), loader)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -128,13 +128,13 @@ def fit(model, loader, ft, trainer_cfg, rng: int, logger=False, prefix="train", 
     return model
 
 
-def fit_classifier(model, tokenizer, texts, labels, ft, trainer_cfg, rng: int, logger=False, prefix="train",
-                   monitor: EpochMonitor | None = None, head: str | None = None):
+def fit_classifier(model, tokenizer, texts, labels, ft: TrainOptions, trainer: TrainerOptions, rng: int, logger=False,
+                   prefix="train", monitor: EpochMonitor | None = None, head: str | None = None):
     """Train a sequence classifier in place on (texts, labels) with the ``finetune`` config ``ft``."""
     L.seed_everything(rng, workers=True, verbose=False)
     loader = make_loader(tokenizer, texts, labels, batch_size=ft.batch_size, max_length=ft.max_length,
                          shuffle=True, seed=rng)
-    return fit(model, loader, ft, trainer_cfg, rng, logger, prefix, monitor=monitor, head=head)
+    return fit(model, loader, ft, trainer, logger, prefix, monitor=monitor, head=head)
 
 
 class ForwardModule(L.LightningModule):
@@ -158,7 +158,7 @@ def length_order(items: list, length: Callable) -> tuple[list[int], torch.Tensor
     return order, inverse
 
 
-def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_size: int, trainer_cfg,
+def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_size: int, trainer: TrainerOptions,
                 length: Callable = lambda item: len(item[0]), reduce: str = "cat") -> dict:
     """Apply ``fn`` to every batch of ``items`` and concatenate its per-item outputs, in input order
     (``reduce="sum"``: ``fn`` returns per-batch totals, summed over the batches)."""
@@ -168,18 +168,17 @@ def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_si
     order, inverse = length_order(items, length)
     loader = DataLoader([items[i] for i in order], batch_size=batch_size, collate_fn=collate)
     # One device, predictions returned in order; a multi-device pass would write per-rank shards instead.
-    trainer = build_trainer(trainer_cfg, devices=1, strategy="auto", num_nodes=1)
-    outs = trainer.predict(ForwardModule(model, fn), loader)
+    outs = build_trainer(trainer, devices=1, strategy="auto", num_nodes=1).predict(ForwardModule(model, fn), loader)
     if reduce == "sum":
         return {k: sum(o[k] for o in outs) for k in outs[0]}
     return {k: torch.cat([o[k] for o in outs])[inverse] for k in outs[0]}
 
 
-def predict(model, tokenizer, texts, fn: Callable, *, batch_size: int, max_length: int, trainer_cfg, labels=None):
+def predict(model, tokenizer, texts, fn: Callable, *, batch_size: int, max_length: int, trainer: TrainerOptions,
+            labels=None):
     """``run_predict`` over plain texts (and optional integer labels)."""
     items = list(zip(texts, [int(y) for y in labels] if labels is not None else [None] * len(texts)))
-    return run_predict(model, items, TextCollate(tokenizer, max_length), fn, batch_size=batch_size,
-                       trainer_cfg=trainer_cfg)
+    return run_predict(model, items, TextCollate(tokenizer, max_length), fn, batch_size=batch_size, trainer=trainer)
 
 
 def logits_fn(model, batch):
@@ -187,8 +186,7 @@ def logits_fn(model, batch):
     return {"logits": model(**batch).logits}
 
 
-def accuracy(model, tokenizer, texts, labels, *, batch_size, max_length, trainer_cfg) -> float:
-    out = predict(model, tokenizer, texts, logits_fn, batch_size=batch_size, max_length=max_length,
-                  trainer_cfg=trainer_cfg)
+def accuracy(model, tokenizer, texts, labels, *, batch_size, max_length, trainer: TrainerOptions) -> float:
+    out = predict(model, tokenizer, texts, logits_fn, batch_size=batch_size, max_length=max_length, trainer=trainer)
     pred = out["logits"].argmax(-1)
     return float((pred == torch.as_tensor(list(labels))).float().mean())

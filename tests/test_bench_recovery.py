@@ -5,7 +5,7 @@ import torch
 
 from src.bench.recovery import candidates, default_variants, world_overrides
 from src.bench.recovery_report import confounds, format_tables, summarise
-from src.config import compose_config
+from src.config import compose_config, run_options
 from src.selectors.registry import build_selectors
 
 
@@ -61,15 +61,15 @@ def test_confounded_worlds_are_named():
 
 def test_each_selector_scores_on_the_gradients_its_config_names():
     base = world_overrides("wordnet_lm", "classify_lm", 0, 2000, 500)
-    cfg = compose_config([*base, "gradient.precondition=adafactor"])
-    sels = build_selectors(compose_config([*base, "gradient.precondition=adafactor", "selector=select",
-                                           "baselines=[select_paper,select_balanced,random]"]))
+    cfg = run_options(compose_config([*base, "gradient.precondition=adafactor"]))
+    sels = build_selectors(run_options(compose_config([*base, "gradient.precondition=adafactor", "selector=select",
+                                                       "baselines=[select_paper,select_balanced,random]"])).selectors)
     variants = default_variants(cfg, sels)
     assert {k: v[1] for k, v in variants.items()} == {"default": ["select", "random"],
                                                        "precondition=none": ["select_paper", "select_balanced"]}
     assert variants["default"][0].gradient.precondition == "adafactor"
     assert variants["precondition=none"][0].gradient.precondition == "none"
-    raw = default_variants(compose_config(base), sels)  # a raw run: select_paper's raw gradients are its own
+    raw = default_variants(run_options(compose_config(base)), sels)  # a raw run: select_paper's raw gradients are its own
     assert list(raw) == ["default"] and sorted(raw["default"][1]) == ["random", "select", "select_balanced", "select_paper"]
     assert "seed.leak_fraction=0.15625" in base and "seed.unseen_rows=250" in base
 

@@ -1,5 +1,6 @@
 """Every cached stage downstream of θ0 is keyed by θ0's own config: the embedded LM's pretraining
 (``base_lm.*``) and the trainer's precision change the θf, autolabel and gradient-store keys."""
+from src.config import run_options
 from src.stages import _gradient_store, autolabel, base_key, load_models, load_task_data
 from tests.conftest import TINY_BASE_LM, compose_cfg
 
@@ -8,10 +9,11 @@ TINY_CLM = ["task=classify_lm", *TINY_BASE_LM, "dataset.n_train=24", "dataset.n_
 
 
 def keys(cfg):
+    cfg = run_options(cfg)
     data, task = load_task_data(cfg)
     pair = load_models(cfg, data, task)
     labels = autolabel(cfg, pair, data, task)
-    store, _, _ = _gradient_store(cfg, pair, data, labels, task)
+    store, _, _ = _gradient_store(cfg, cfg.gradient, pair, data, labels, task)
     return pair.key, labels["key"], store.root.name
 
 
@@ -26,7 +28,8 @@ def test_base_lm_and_precision_change_every_downstream_key(tmp_path):
 
 
 def test_base_lm_config_is_ignored_for_other_models():
-    a = compose_cfg(["task=classify_lm", "model=tiny_gpt2"])
-    b = compose_cfg(["task=classify_lm", "model=tiny_gpt2", "base_lm.max_steps=6"])
+    a = run_options(compose_cfg(["task=classify_lm", "model=tiny_gpt2"]))
+    b = run_options(compose_cfg(["task=classify_lm", "model=tiny_gpt2", "base_lm.max_steps=6"]))
     assert base_key(a) == base_key(b)
-    assert base_key(a) != base_key(compose_cfg(["task=classify_lm", "model=tiny_gpt2", "trainer.precision=16-mixed"]))
+    other = run_options(compose_cfg(["task=classify_lm", "model=tiny_gpt2", "trainer.precision=16-mixed"]))
+    assert base_key(a) != base_key(other)

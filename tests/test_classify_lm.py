@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 
+from src.config import run_options
 from src.errors import UserError
 from src.pipeline import run
 from src.reference import naive_lm_head_grads
@@ -27,7 +28,7 @@ def clm_cfg(tmp_path_factory):
 
 def setup(cfg):
     data = load_data(cfg)
-    task = get_task(cfg, data.task.classes)
+    task = get_task(cfg.task, data.task.classes)
     return task, data, load_models(cfg, data, task)
 
 
@@ -38,16 +39,16 @@ def test_default_label_words_come_from_class_names():
 
 
 def test_label_words_must_have_distinct_first_tokens(clm_cfg):
-    cfg = clm_cfg("dataset.label_words=[' animal',' animal',' food',' object']")
+    cfg = run_options(clm_cfg("dataset.label_words=[' animal',' animal',' food',' object']"))
     data = load_data(cfg)
     with pytest.raises(UserError, match="share a first token"):
-        get_task(cfg, data.task.classes).build_base(data.task)
+        get_task(cfg.task, data.task.classes).build_base(data.task)
 
 
 def test_label_words_count_must_match_classes(clm_cfg):
-    cfg = clm_cfg("dataset.label_words=[' animal',' plant']")
+    cfg = run_options(clm_cfg("dataset.label_words=[' animal',' plant']"))
     with pytest.raises(UserError, match="2 words for 4 classes"):
-        get_task(cfg, load_data(cfg).task.classes)
+        get_task(cfg.task, load_data(cfg).task.classes)
 
 
 def answer_batch(spec, data, labels, n):
@@ -56,12 +57,12 @@ def answer_batch(spec, data, labels, n):
 
 @pytest.mark.parametrize("precondition", ["none", "adafactor"])
 def test_projected_gradients_equal_dense_reference(clm_cfg, precondition):
-    cfg = clm_cfg(f"gradient.precondition={precondition}")
+    cfg = run_options(clm_cfg(f"gradient.precondition={precondition}"))
     task, data, pair = setup(cfg)
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
     assert G.shape == (2, 60, 16) and t.shape == (16,)
-    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0])
+    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0], cfg.gradient)
     model = pair.load(1.0)  # checkpoint P = θf
     batch = answer_batch(spec, data, labels, 5)
     assert (batch["attention_mask"].sum(1) - batch["prompt_lengths"]).tolist() == [1] * 5  # a one-token response
@@ -94,11 +95,11 @@ def test_second_moments_are_row_and_column_means_of_squared_gradients():
 
 
 def test_dense_projection_option_matches_its_own_matrix(clm_cfg):
-    cfg = clm_cfg("gradient.projection=dense", "gradient.precondition=none", "P=1")
+    cfg = run_options(clm_cfg("gradient.projection=dense", "gradient.precondition=none", "P=1"))
     task, data, pair = setup(cfg)
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
-    spec = task.gradient_spec(pair, data.seed, labels, [1.0])
+    spec = task.gradient_spec(pair, data.seed, labels, [1.0], cfg.gradient)
     batch = answer_batch(spec, data, labels, 3)
     dense = naive_lm_head_grads(pair.load(1.0), batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
     torch.testing.assert_close(G[0, :3].double(), dense.flatten(1) @ spec.projector.matrix().double().T,
@@ -108,7 +109,7 @@ def test_dense_projection_option_matches_its_own_matrix(clm_cfg):
 @pytest.fixture(scope="module")
 def given_thetaf(clm_cfg, tmp_path_factory):
     """θf as a user hands it over: a saved folder (the experiment's θf, finetuned once)."""
-    cfg = clm_cfg()
+    cfg = run_options(clm_cfg())
     _, _, pair = setup(cfg)
     folder = tmp_path_factory.mktemp("thetaf") / "thetaf"
     pair.load(1.0).save_pretrained(folder)
@@ -121,7 +122,7 @@ def given_thetaf(clm_cfg, tmp_path_factory):
 def test_with_a_given_thetaf_label_words_and_prompt_key_autolabels_and_gradients(clm_cfg, given_thetaf, change,
                                                                                  caplog):
     def stages(*o):
-        cfg = clm_cfg(f"model.finetuned={given_thetaf}", "P=1", *o)
+        cfg = run_options(clm_cfg(f"model.finetuned={given_thetaf}", "P=1", *o))
         task, data, pair = setup(cfg)
         labels = autolabel(cfg, pair, data, task)
         _, _, store = gradient_rows(cfg, pair, data, labels, task)
@@ -150,11 +151,11 @@ def test_classify_lm_end_to_end(clm_cfg, tmp_path):
 
 
 def test_exact_projection_keeps_every_inner_product_of_the_dense_gradients(clm_cfg):
-    cfg = clm_cfg("gradient.projection=exact", "gradient.precondition=none", "P=2")
+    cfg = run_options(clm_cfg("gradient.projection=exact", "gradient.precondition=none", "P=2"))
     task, data, pair = setup(cfg)
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
-    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0])
+    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0], cfg.gradient)
     dense = []
     for a in (0.5, 1.0):
         batch = answer_batch(spec, data, labels, 6)
@@ -184,18 +185,16 @@ def test_a_selector_with_its_own_gradient_options_selects_on_its_own_store(clm_c
 
 
 def test_a_selectors_gradient_options_are_checked_before_any_data(clm_cfg, tmp_path):
-    from omegaconf import OmegaConf
-
     from src.selectors.registry import build_selectors
 
-    cfg = clm_cfg("selector=select", "gradient.precondition=adafactor")
+    cfg = run_options(clm_cfg("selector=select", "gradient.precondition=adafactor"))
     with pytest.raises(UserError, match="unknown option"):
         from src.checks import preflight
 
-        sels = build_selectors(cfg)
+        sels = build_selectors(cfg.selectors)
         sels["select"].gradients = {"whiten": True}
         preflight(cfg, sels)
     sels["select"].gradients = {"precondition": "adam"}
     with pytest.raises(UserError, match="gradient.precondition must be one of"):
         preflight(cfg, sels)
-    assert OmegaConf.select(cfg, "gradient.precondition") == "adafactor"  # the run's own config is untouched
+    assert cfg.gradient.precondition == "adafactor"  # the run's own options are untouched

@@ -5,6 +5,7 @@ from omegaconf import OmegaConf
 
 from src.errors import UserError
 from src.checks import validate
+from src.config import run_options
 from src.selectors.registry import build_selectors
 from src.selectors.base import Selector
 from tests.conftest import CONF, ROOT, compose_cfg
@@ -19,7 +20,7 @@ def test_user_knobs_override_as_documented():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "selector").glob("*.yaml")))
 def test_every_selector_config_instantiates(name):
-    sel = build_selectors(compose_cfg([f"selector={name}", "baselines=[]"]))[name]
+    sel = build_selectors(run_options(compose_cfg([f"selector={name}", "baselines=[]"])).selectors)[name]
     assert isinstance(sel, Selector) and sel.name == name and isinstance(sel.gradients, dict)
 
 
@@ -49,17 +50,18 @@ def test_every_experiment_composes_and_passes_the_option_checks():
     names = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
     assert "paper_ag_news" in names and "baselines" in names
     for name in names:
-        validate(compose_cfg([f"experiment={name}"]))  # raises on any option out of its set
+        opts = run_options(compose_cfg([f"experiment={name}"]))  # raises on any option out of its set
+        validate(opts, build_selectors(opts.selectors))
 
 
 def test_unknown_baseline_name_suggests_the_right_one():
     with pytest.raises(UserError, match="Unknown selector 'topkk'. Did you mean: topk"):
-        build_selectors(compose_cfg(["baselines=[topkk]"]))
+        run_options(compose_cfg(["baselines=[topkk]"]))
 
 
 @pytest.mark.parametrize("override,msg", [("d=0", "d must be positive"), ("d=-5", "d must be positive"),
                                           ("P=0", "P .* must be >= 1"), ("k=0", "k .* must be positive")])
 def test_bad_knobs_fail_before_any_work(override, msg):
     with pytest.raises(UserError, match=msg):
-        validate(compose_cfg([override]))
+        run_options(compose_cfg([override]))
 

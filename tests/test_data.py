@@ -9,8 +9,10 @@ import datasets
 import pytest
 from omegaconf import OmegaConf
 
+from src.config import run_options
 from src.data.loading import load_seed, load_table, load_task
 from src.errors import UserError
+from src.options import SourceOptions
 from tests.conftest import CONF, compose_cfg
 
 TOPICS = ["markets", "football", "elections"]
@@ -23,14 +25,14 @@ def task_cfg(path, **over):
     base = {"path": str(path), "name": None, "train_split": "train", "test_split": None, "test_size": 0.2,
             "text_field": "text", "label_field": "label", "id_field": None, "classes": None,
             "n_train": None, "n_test": None}
-    return OmegaConf.create({**base, **over})
+    return SourceOptions(**{**base, **over})
 
 
 def seed_cfg(path, **over):
     """Mirrors conf/seed/local.yaml."""
     base = {"path": str(path), "name": None, "split": "train", "text_field": "text", "id_field": None,
             "include": None, "exclude_true": False, "max_examples": None}
-    return OmegaConf.create({**base, **over})
+    return SourceOptions(**{**base, **over})
 
 
 def write_headlines_csv(path: Path, delimiter=","):
@@ -258,7 +260,7 @@ def test_string_labels_without_classes_is_user_error(tmp_path):
 def test_hub_dataset_offline_is_user_error_naming_the_dataset():
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         pytest.skip("needs HF_HUB_OFFLINE=1 (set by conftest unless overridden)")
-    cfg = OmegaConf.load(CONF / "seed" / "nq.yaml")
+    cfg = SourceOptions(**OmegaConf.to_container(OmegaConf.load(CONF / "seed" / "nq.yaml")))
     assert cfg.path == "sentence-transformers/natural-questions"
     with pytest.raises(UserError) as e:
         load_table(cfg, "seed corpus")
@@ -273,7 +275,7 @@ def test_hub_dataset_offline_is_user_error_naming_the_dataset():
 def wordnet():
     from src.stages import load_data
 
-    cfg = compose_cfg()
+    cfg = run_options(compose_cfg())
     task = load_task(cfg.dataset, 0)
     data = load_data(cfg)
     with gzip.open(cfg.dataset.path, "rt") as f:

@@ -105,11 +105,11 @@ def test_label_words_one_per_class():
 
 def test_load_data_fortunes_topics():
     """The whole config through load_data (about a second; alone, importing src.stages costs more)."""
-    from src.config import compose_config
+    from src.config import compose_config, run_options
     from src.stages import load_data
 
-    cfg = compose_config(["task=classify_lm", "model=wordnet_lm", "dataset=fortunes_topics",
-                          "seed=fortunes_other_topics", "logger=none"])
+    cfg = run_options(compose_config(["task=classify_lm", "model=wordnet_lm", "dataset=fortunes_topics",
+                                      "seed=fortunes_other_topics", "logger=none"]))
     data = load_data(cfg)
     task = data.task
     assert task.classes == list(cfg.dataset.classes)

@@ -1,14 +1,15 @@
 """The gradient pass as one Lightning predict loop over (checkpoint, shard) work items:
 two DDP ranks on CPU, resume after a kill, duplicated items, low precision."""
-import copy
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import compose_cfg
 from torch.utils.data import DataLoader
 
+from src.config import run_options
 from src.stages import autolabel, gradients, load_models, load_task_data
 from src.store import ShardStore
 
@@ -19,7 +20,7 @@ SHARD = ["gradient.shard_size=8"]  # 60 seed rows -> 8 shards per checkpoint, 16
 def setup(tmp_path_factory):
     """θ0/θf, autolabels and the single-process reference matrix, shared by the tests here."""
     tmp = tmp_path_factory.mktemp("pass")
-    cfg = compose_cfg(SHARD, tmp)
+    cfg = run_options(compose_cfg(SHARD, tmp))
     data, task = load_task_data(cfg)
     pair = load_models(cfg, data, task)
     labels = autolabel(cfg, pair, data, task)
@@ -29,11 +30,7 @@ def setup(tmp_path_factory):
 
 
 def _with(cfg, cache_dir, **trainer):
-    cfg = copy.deepcopy(cfg)
-    cfg.cache_dir = str(cache_dir)
-    for k, v in trainer.items():
-        cfg.trainer[k] = v
-    return cfg
+    return replace(cfg, cache_dir=str(cache_dir), task=replace(cfg.task, trainer=replace(cfg.task.trainer, **trainer)))
 
 
 def _sidecars(cache_dir):
@@ -89,15 +86,16 @@ def test_duplicated_work_items_are_skipped_not_recomputed(setup, tmp_path):
     from src.training import build_trainer
 
     cfg, task, data, pair, labels, G = setup
-    spec = task.gradient_spec(pair, data.seed, labels, checkpoint_alphas(cfg.P))  # as stages.gradients
+    alphas = checkpoint_alphas(cfg.gradient.P)
+    spec = task.gradient_spec(pair, data.seed, labels, alphas, cfg.gradient)  # as stages.gradients
     store = ShardStore(tmp_path / "dup", {"test": "dup"}, n_rows=len(data.seed), shard_size=8)
-    items = plan(store, cfg.P)
+    items = plan(store, cfg.gradient.P)
     assert len(items) == 16
-    module = GradientPassModule(pair, checkpoint_alphas(cfg.P), store, spec, data.seed, labels,
+    module = GradientPassModule(pair, checkpoint_alphas(cfg.gradient.P), store, spec, data.seed, labels,
                                 batch_size=cfg.gradient.batch_size)
     # What a padding sampler would do: every item twice (here in the same process, one after another).
     loader = DataLoader(items + items, batch_size=1, collate_fn=_first)
-    build_trainer(cfg.trainer, logger=False).predict(module, loader, return_predictions=False)
+    build_trainer(cfg.task.trainer, logger=False).predict(module, loader, return_predictions=False)
     assert module.stats == {"computed": 16, "skipped": 16, "loads": 2}  # θ̂_j swapped in once per checkpoint
     G2 = store.load_stacked(["ckpt1", "ckpt2"])
     torch.testing.assert_close(G2, G, rtol=1e-5, atol=1e-6)
@@ -107,7 +105,7 @@ def test_mixed_precision_forward_and_half_store_on_cpu(setup, tmp_path):
     """The autocast path (bf16-mixed, as on GPU) and a float16 store, exercised on CPU."""
     cfg, task, data, pair, labels, G = setup
     low = _with(cfg, tmp_path / "bf16", precision="bf16-mixed")
-    low.gradient.store_dtype = "float16"
+    low = replace(low, gradient=replace(low.gradient, store_dtype="float16"))
     G2, _ = gradients(low, pair, data, labels, task)
     assert G2.dtype == torch.float16 and G2.shape == G.shape
     recs = _sidecars(tmp_path / "bf16")

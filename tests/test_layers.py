@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from src.config import run_options
 from src.errors import UserError
 from src.gradients.layers import (LayersSpec, choose_layers, combine, layer_projectors, per_layer_grads,
                                   projected_deltas)
@@ -85,14 +86,15 @@ def test_layer_gradients_through_the_store_match_the_hooks_on_each_row(tmp_path,
     from src.stages import autolabel, gradients, load_models, load_task_data
     from tests.conftest import TINY_BASE_LM, compose_cfg
 
-    cfg = compose_cfg([f"task={task}", *TINY_BASE_LM, "dataset.n_train=16", "dataset.n_test=8", "dataset.n_val=4",
-                       "seed.max_examples=12", "finetune.epochs=1", "P=1", "gradient.layers=last:1",
-                       "gradient.layer_d=16", "gradient.shard_size=8", "gradient.batch_size=5"], tmp_path)
+    cfg = run_options(compose_cfg([f"task={task}", *TINY_BASE_LM, "dataset.n_train=16", "dataset.n_test=8",
+                                   "dataset.n_val=4", "seed.max_examples=12", "finetune.epochs=1", "P=1",
+                                   "gradient.layers=last:1", "gradient.layer_d=16", "gradient.shard_size=8",
+                                   "gradient.batch_size=5"], tmp_path))
     data, task_ = load_task_data(cfg)
     pair = load_models(cfg, data, task_)
     labels = autolabel(cfg, pair, data, task_)
     G, t = gradients(cfg, pair, data, labels, task_)
-    spec = task_.gradient_spec(pair, data.seed, labels, [1.0])
+    spec = task_.gradient_spec(pair, data.seed, labels, [1.0], cfg.gradient)
     assert spec.names[-1] == "lm_head" and len(spec.names) == 5  # the last block's 4 Conv1D layers + the head
     assert G.shape == (1, 12, 16 * 5) and t.shape == (16 * 5,)
     one = spec(pair.load(1.0), spec.collate(spec.items(data.seed, labels, range(3, 4))))["g"][0]

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from src.config import run_options
 from src.errors import UserError
 from src.pipeline import run
 from src.reference import naive_lm_head_grads
@@ -29,9 +30,9 @@ def lm_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm_setup(lm_cfg):
-    cfg = lm_cfg()
+    cfg = run_options(lm_cfg())
     data = load_data(cfg)
-    task = get_task(cfg, data.task.classes)
+    task = get_task(cfg.task, data.task.classes)
     return cfg, task, data, load_models(cfg, data, task)
 
 
@@ -76,7 +77,7 @@ def per_document_nll(model, tok, docs, max_length):
 def test_perplexity_equals_hand_computation(lm_setup):
     cfg, task, data, pair = lm_setup
     model, test = pair.load(1.0), data.task.test
-    total, count = per_document_nll(model, pair.tokenizer, test["text"], cfg.model.max_length)
+    total, count = per_document_nll(model, pair.tokenizer, test["text"], cfg.task.model.max_length)
     got = task.evaluate(model, pair.tokenizer, test)["perplexity"]
     assert got == pytest.approx(math.exp(sum(total) / sum(count)), rel=1e-4)
     assert got != pytest.approx(math.exp(sum(t / c for t, c in zip(total, count)) / len(total)), rel=1e-4)
@@ -88,14 +89,14 @@ def test_autolabel_only_scores_mean_token_loglikelihood(lm_setup):
     assert "labels" not in labels and "responses" not in labels
     docs = data.seed["text"][:5]
     for key, alpha in (("logp_f", 1.0), ("logp_0", 0.0)):
-        total, count = per_document_nll(pair.load(alpha), pair.tokenizer, docs, cfg.model.max_length)
+        total, count = per_document_nll(pair.load(alpha), pair.tokenizer, docs, cfg.task.model.max_length)
         mean_logp = -torch.tensor(total) / torch.tensor(count, dtype=torch.double)
         torch.testing.assert_close(labels[key][:5].double(), mean_logp, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(labels["logp_f"], labels["logp_0"])  # θf and θ0 differ
     # the token statistics come from the same two passes: the mean log-ratio is logp_f − logp_0 per document
     torch.testing.assert_close(labels["stat_lr_mean"], labels["logp_f"] - labels["logp_0"], rtol=1e-4, atol=1e-5)
     assert labels["stat_length"][:5].tolist() == [float(c) for c in per_document_nll(
-        pair.load(1.0), pair.tokenizer, docs, cfg.model.max_length)[1]]
+        pair.load(1.0), pair.tokenizer, docs, cfg.task.model.max_length)[1]]
 
 
 def test_lm_gradients_equal_dense_every_token_reference(lm_setup):
@@ -103,7 +104,7 @@ def test_lm_gradients_equal_dense_every_token_reference(lm_setup):
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
     assert G.shape == (2, 60, 16) and t.shape == (16,)
-    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0])
+    spec = task.gradient_spec(pair, data.seed, labels, [0.5, 1.0], cfg.gradient)
     proj = spec.projector
     for j, alpha in ((0, 0.5), (1, 1.0)):  # both synthetic checkpoints θ̂_1, θ̂_2
         model = pair.load(alpha)
@@ -169,7 +170,7 @@ def test_blank_documents_are_dropped_not_counted(tiny_cfg, tmp_path):
     path = tmp_path / "docs.jsonl"
     rows = [{"text": f"document number {i}" if i % 3 else "  ", "id": i} for i in range(30)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tiny_cfg(*LOCAL, f"dataset.path={path}")
+    cfg = run_options(tiny_cfg(*LOCAL, f"dataset.path={path}"))
     data = load_data(cfg)
     splits = [data.task.train, data.task.val, data.task.test]  # val: carved from train (dataset.n_val)
     assert sum(len(s) for s in splits) == 20
@@ -179,9 +180,9 @@ def test_blank_documents_are_dropped_not_counted(tiny_cfg, tmp_path):
 def test_hub_configs_compose_and_fail_offline_in_one_line(tiny_cfg):
     import os
 
-    cfg = tiny_cfg("task=lm", "model=wordnet_lm", "dataset=msmarco_passages", "seed=nq")
-    assert cfg.task == "lm" and cfg.dataset.text_field == "text" and cfg.seed.text_field == "answer"
-    assert not cfg.dataset.get("prompt_template") and not cfg.dataset.get("label_field")
+    cfg = run_options(tiny_cfg("task=lm", "model=wordnet_lm", "dataset=msmarco_passages", "seed=nq"))
+    assert cfg.task.name == "lm" and cfg.dataset.text_field == "text" and cfg.seed.text_field == "answer"
+    assert not cfg.dataset.prompt_template and not cfg.dataset.label_field
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         pytest.skip("needs HF_HUB_OFFLINE=1 (set by conftest unless overridden)")
     with pytest.raises(UserError, match="sentence-transformers/msmarco-corpus") as e:

@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 
+from src.config import run_options
 from src.errors import UserError
 from src.pipeline import run
 
@@ -73,11 +74,11 @@ def test_finetuned_model_with_other_shapes_is_rejected(tiny_cfg, tmp_path):
 def test_given_finetuned_model_is_used_as_theta_f(tiny_cfg, tmp_path):
     from src.stages import load_models, load_task_data
 
-    cfg = tiny_cfg()
+    cfg = run_options(tiny_cfg())
     data, task = load_task_data(cfg)
     pair = load_models(cfg, data, task)  # θf made by finetuning
     pair.load(1.0).save_pretrained(tmp_path / "thetaf")
-    cfg2 = tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}")
+    cfg2 = run_options(tiny_cfg(f"model.finetuned={tmp_path / 'thetaf'}"))
     given = load_models(cfg2, data, load_task_data(cfg2)[1])
     for k, v in pair.statef.items():
         torch.testing.assert_close(given.statef[k], v)
@@ -86,7 +87,7 @@ def test_given_finetuned_model_is_used_as_theta_f(tiny_cfg, tmp_path):
 def test_gradient_stage_resumes_and_never_reuses_a_corrupt_shard(tiny_cfg, tmp_path, caplog):
     from src.stages import autolabel, gradients, load_models, load_task_data
 
-    cfg = tiny_cfg()
+    cfg = run_options(tiny_cfg())
     data, task = load_task_data(cfg)
     pair = load_models(cfg, data, task)
     labels = autolabel(cfg, pair, data, task)

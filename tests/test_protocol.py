@@ -5,10 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from src.config import run_options
 from src.data.loading import _carve_val, mix_in_true
 from src.errors import UserError
 from src.models import checkpoint_alphas
-from src.pipeline import validate
 from src.stages import load_data
 from src.training import EpochMonitor
 
@@ -33,7 +33,7 @@ def test_validation_from_train_end_when_the_pool_is_used_up():
 
 
 def test_seed_never_holds_val_or_test_rows(tiny_cfg):
-    data = load_data(tiny_cfg("dataset.n_val=16"))
+    data = load_data(run_options(tiny_cfg("dataset.n_val=16")))
     true_ids = set(data.task.train["id"]) | set(data.task.test["id"]) | set(data.task.val["id"])
     assert len(data.task.val) == 16 and not true_ids & set(data.seed["id"])
 
@@ -70,7 +70,7 @@ def test_checkpoint_grids():
 
 
 def test_exclude_filter_drops_the_task_topics_from_the_harder_seed(tiny_cfg):
-    data = load_data(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=200"))
+    data = load_data(run_options(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=200")))
     assert not {"noun.animal", "noun.plant", "noun.food", "noun.artifact"} & set(data.seed["group"])
 
 
@@ -100,10 +100,10 @@ def test_epoch_monitor_keeps_the_best_epoch_and_stops_early():
 
 def test_select_epoch_is_validated(tiny_cfg):
     with pytest.raises(UserError, match="select_epoch"):
-        validate(tiny_cfg("retrain.select_epoch=best"))
+        run_options(tiny_cfg("retrain.select_epoch=best"))
     with pytest.raises(UserError, match="n_val"):
-        validate(tiny_cfg("retrain.select_epoch=val", "dataset.n_val=0"))
-    validate(OmegaConf.merge(tiny_cfg(), {"retrain": {"select_epoch": "test"}}))
+        run_options(tiny_cfg("retrain.select_epoch=val", "dataset.n_val=0"))
+    run_options(OmegaConf.merge(tiny_cfg(), {"retrain": {"select_epoch": "test"}}))
 
 
 def test_sft_with_a_seed_corpus_without_prompts_fails_in_one_line(tiny_cfg, tmp_path):
@@ -139,8 +139,8 @@ def test_best_epoch_retraining_runs_with_progress_bars_on(tiny_cfg, tmp_path):
 def test_unseen_true_rows_are_planted_beside_leaked_ones_and_recovery_is_counted(tiny_cfg):
     from src.pipeline import planted_metrics
 
-    data = load_data(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=100", "seed.leak_fraction=0.25",
-                              "seed.unseen_rows=10"))
+    data = load_data(run_options(tiny_cfg("seed=wordnet_other_topics", "seed.max_examples=100",
+                                          "seed.leak_fraction=0.25", "seed.unseen_rows=10")))
     seed, task = data.seed, data.task
     leaked = [i for i, f in zip(seed["id"], seed["leaked"]) if f]
     unseen = [i for i, f in zip(seed["id"], seed["unseen"]) if f]
@@ -153,4 +153,4 @@ def test_unseen_true_rows_are_planted_beside_leaked_ones_and_recovery_is_counted
     picks += [i for i in range(len(seed)) if not (seed["leaked"][i] or seed["unseen"][i])][:4]
     m = planted_metrics(seed, picks)
     assert m == {"leaked_share": 3 / 8, "unseen_share": 1 / 8, "planted_share": 4 / 8, "planted_recall": 4 / 20}
-    assert planted_metrics(load_data(tiny_cfg()).seed, picks) == {}  # nothing planted: nothing to count
+    assert planted_metrics(load_data(run_options(tiny_cfg())).seed, picks) == {}  # nothing planted: nothing to count

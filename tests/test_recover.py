@@ -4,6 +4,7 @@ import datasets
 import pytest
 import torch
 
+from src.config import run_options
 from src.config import compose_config
 from src.errors import UserError
 from src.pipeline import run
@@ -31,7 +32,8 @@ def read_selection(run_dir, name, fmt="parquet"):
 def test_recover_from_a_model_folder_picks_what_the_experiment_picks(tiny_cfg, tmp_path):
     cfg = tiny_cfg("seed.exclude_true=false", "baselines=[topk,expert]")
     exp = run(cfg, tmp_path / "exp")
-    pair = load_models(cfg, *load_task_data(cfg))  # the experiment's θf, from the cache
+    opts = run_options(cfg)
+    pair = load_models(opts, *load_task_data(opts))  # the experiment's θf, from the cache
     pair.load(1.0).save_pretrained(tmp_path / "thetaf")
 
     rec = run(recover_cfg(tmp_path, f"model.finetuned={tmp_path / 'thetaf'}", "seed.exclude_true=false",
@@ -62,7 +64,7 @@ def test_recover_from_a_model_folder_picks_what_the_experiment_picks(tiny_cfg, t
 
 
 def test_recover_with_a_dataset_also_evaluates(tmp_path, tiny_cfg):
-    cfg = tiny_cfg("baselines=[]")
+    cfg = run_options(tiny_cfg("baselines=[]"))
     pair = load_models(cfg, *load_task_data(cfg))
     pair.load(1.0).save_pretrained(tmp_path / "thetaf")
     res = run(recover_cfg(tmp_path, f"model.finetuned={tmp_path / 'thetaf'}", "dataset=wordnet_topics",
@@ -81,7 +83,7 @@ def _lora(model, targets, path, seed=0):
 
 
 def test_recover_from_a_lora_adapter_of_the_embedded_lm(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(*TINY_SFT, "seed.exclude_true=false", "baselines=[topk]")
+    cfg = run_options(tiny_cfg(*TINY_SFT, "seed.exclude_true=false", "baselines=[topk]"))
     data, task = load_task_data(cfg)
     model, _ = task.build_base(data.task)  # θ0: the (tiny) embedded LM
     peft = _lora(model, ["lm_head"], tmp_path / "adapter")
@@ -99,7 +101,7 @@ def test_recover_from_a_lora_adapter_of_the_embedded_lm(tiny_cfg, tmp_path):
 
 
 def test_adapter_that_leaves_the_last_layer_unchanged_fails_at_once(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(*TINY_SFT)
+    cfg = run_options(tiny_cfg(*TINY_SFT))
     data, task = load_task_data(cfg)
     model, _ = task.build_base(data.task)
     _lora(model, ["c_attn"], tmp_path / "attn_only")  # attention only: the LM head is untouched
@@ -127,7 +129,7 @@ def test_recover_from_the_command_line(tiny_cfg, tmp_path):
 
     from tests.conftest import ROOT
 
-    cfg = tiny_cfg()
+    cfg = run_options(tiny_cfg())
     load_models(cfg, *load_task_data(cfg)).load(1.0).save_pretrained(tmp_path / "thetaf")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "W2D_CACHE_DIR": str(tmp_path / "cache")}
     p = subprocess.run([sys.executable, "-m", "src.main", *TINY_RECOVER, f"model.finetuned={tmp_path / 'thetaf'}",

@@ -180,13 +180,14 @@ def test_class_balanced_select_is_one_capped_greedy_and_reports_its_own_objectiv
 @pytest.mark.parametrize("task", ["lm", "sft"])
 def test_class_balance_on_a_task_without_classes_fails_before_any_compute(task):
     from src.checks import preflight
-    from src.config import compose_config
+    from src.config import compose_config, run_options
     from src.selectors.registry import build_selectors
 
-    cfg = compose_config([f"task={task}", "baselines=[random,select_balanced,topk_balanced]"])
+    cfg = run_options(compose_config([f"task={task}", "baselines=[random,select_balanced,topk_balanced]"]))
     with pytest.raises(UserError, match=r"\['select_balanced', 'topk_balanced'\] balance picks over autolabel classes"):
-        preflight(cfg, build_selectors(cfg))
-    preflight(cfg, build_selectors(compose_config([f"task={task}", "baselines=[random]"])))  # the rest passes
+        preflight(cfg, build_selectors(cfg.selectors))
+    rest = run_options(compose_config([f"task={task}", "baselines=[random]"]))
+    preflight(rest, build_selectors(rest.selectors))  # the rest passes
 
 
 def test_prefilter_runs_greedy_on_the_top_rows_of_a_statistic():

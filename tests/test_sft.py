@@ -3,6 +3,7 @@ vs θf's own batch loss, end to end."""
 import pytest
 import torch
 
+from src.config import run_options
 from src.pipeline import run
 from src.reference import naive_lm_head_grads
 from src.stages import autolabel, gradients, load_data, load_models
@@ -25,9 +26,9 @@ def sft_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sft_setup(sft_cfg):
-    cfg = sft_cfg()
+    cfg = run_options(sft_cfg())
     data = load_data(cfg)
-    task = get_task(cfg, data.task.classes)
+    task = get_task(cfg.task, data.task.classes)
     return cfg, task, data, load_models(cfg, data, task)
 
 
@@ -60,14 +61,14 @@ def test_greedy_generation_is_the_argmax_continuation_and_sampling_is_seeded(sft
     cfg, task, data, pair = sft_setup
     prompts = data.seed["prompt"][:6]
     model = pair.load(1.0)
-    greedy = get_task(sft_cfg("generation.do_sample=false"))
+    greedy = get_task(run_options(sft_cfg("generation.do_sample=false")).task)
     out = greedy.generate(model, pair.tokenizer, prompts)  # batched, left-padded
-    assert out == [greedy_by_hand(model, pair.tokenizer, p, cfg.generation.max_new_tokens) for p in prompts]
-    sampled = get_task(sft_cfg("generation.do_sample=true", "generation.temperature=2.0"))
+    assert out == [greedy_by_hand(model, pair.tokenizer, p, cfg.task.generation.max_new_tokens) for p in prompts]
+    sampled = get_task(run_options(sft_cfg("generation.do_sample=true", "generation.temperature=2.0")).task)
     s1, s2 = sampled.generate(model, pair.tokenizer, prompts), sampled.generate(model, pair.tokenizer, prompts)
     assert s1 == s2  # sampling is seeded by rng
     assert s1 != out  # and at temperature 2 it is not greedy decoding
-    other = get_task(sft_cfg("generation.do_sample=true", "generation.temperature=2.0", "rng=1"))
+    other = get_task(run_options(sft_cfg("generation.do_sample=true", "generation.temperature=2.0", "rng=1")).task)
     assert other.generate(model, pair.tokenizer, prompts) != s1  # another seed, other samples
     assert pair.tokenizer.padding_side == "right"  # generation's left padding does not leak out
 
@@ -77,7 +78,7 @@ def test_sft_gradients_equal_dense_reference(sft_setup):
     labels = autolabel(cfg, pair, data, task)
     G, t = gradients(cfg, pair, data, labels, task)
     assert G.shape == (2, 60, 16) and t.shape == (16,)
-    spec = task.gradient_spec(pair, data.seed, labels, [1.0])
+    spec = task.gradient_spec(pair, data.seed, labels, [1.0], cfg.gradient)
     model = pair.load(1.0)  # checkpoint P = θf
     batch = spec.collate(spec.items(data.seed, labels, range(4)))
     dense = naive_lm_head_grads(model, batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
@@ -90,7 +91,7 @@ def test_an_example_twice_as_long_counts_as_theta_f_training_counted_it(sft_setu
     # batch's tokens, must be the projected gradient of the batch loss itself: a row twice as long weighs
     # twice as much, as it did in θf's training (a per-example mean would weigh both the same).
     cfg, task, data, pair = sft_setup
-    spec = task.gradient_spec(pair, data.seed, autolabel(cfg, pair, data, task), [1.0])
+    spec = task.gradient_spec(pair, data.seed, autolabel(cfg, pair, data, task), [1.0], cfg.gradient)
     model = pair.load(1.0)
     items = [("oak (noun.plant):", " a tree with lobed leaves"),
              ("oak (noun.plant):", " a tree with lobed leaves and acorns, a tree with lobed leaves and acorns")]

@@ -32,6 +32,7 @@ def test_the_task_unties_a_tied_head_and_label_words_are_single_smollm2_tokens(t
     # The untie logic on a tiny tied Llama (SmolLM2's architecture) saved as a folder: no 540 MB load.
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from src.config import run_options
     from src.tasks import get_task
 
     cfg = compose_cfg(["task=classify_lm", "model=smollm2"], tmp_path)
@@ -47,8 +48,8 @@ def test_the_task_unties_a_tied_head_and_label_words_are_single_smollm2_tokens(t
                                   tie_word_embeddings=True)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tok.save_pretrained(folder)
-    cfg = compose_cfg(["task=classify_lm", "model=smollm2", f"model.name_or_path={folder}"], tmp_path)
-    model, _ = get_task(cfg, list(cfg.dataset.classes)).build_base(None)
+    opts = run_options(compose_cfg(["task=classify_lm", "model=smollm2", f"model.name_or_path={folder}"], tmp_path))
+    model, _ = get_task(opts.task, list(opts.dataset.classes)).build_base(None)
     assert model.lm_head.weight is not model.get_input_embeddings().weight  # model.untie_head=true
     torch.testing.assert_close(model.lm_head.weight, model.get_input_embeddings().weight)  # a copy, not a change
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from src.config import run_options
 from src.data.loading import load_seed, load_task
 from src.errors import UserError
 from src.pipeline import run
@@ -54,13 +55,13 @@ def test_integer_labels_not_starting_at_zero_are_mapped_and_logged(tiny_cfg, tmp
     write_labelled_csv(csv, [1, 2, 3, 4] * 15)  # AG News ships its labels as 1–4
     cfg = tiny_cfg("dataset=local", f"dataset.path={csv}", "dataset.n_train=null", "dataset.n_test=null")
     with caplog.at_level(logging.INFO):
-        data = load_task(cfg.dataset, 0)
+        data = load_task(run_options(cfg).dataset, 0)
     assert data.classes == ["1", "2", "3", "4"]
     assert set(data.train["label"]) | set(data.test["label"]) == {0, 1, 2, 3}
     assert "integer labels [1, 2, 3, 4] mapped to class indices [0, 1, 2, 3]" in caplog.text
     # With class names, 1..C is read as 1-based: label 1 is the first class.
-    named = load_task(tiny_cfg("dataset=local", f"dataset.path={csv}",
-                               "dataset.classes=[World,Sports,Business,Tech]").dataset, 0)
+    named = load_task(run_options(tiny_cfg("dataset=local", f"dataset.path={csv}",
+                                           "dataset.classes=[World,Sports,Business,Tech]")).dataset, 0)
     assert named.classes == ["World", "Sports", "Business", "Tech"]
     assert set(named.train["label"]) <= {0, 1, 2, 3}
     # And the whole run trains and scores on them (it used to die in the loss: "Target 4 is out of bounds").
@@ -99,7 +100,7 @@ def test_corpus_with_blank_non_text_and_duplicate_rows_is_cleaned_with_counts(ti
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = tiny_cfg("seed=local", f"seed.path={corpus}", "seed.id_field=id")
     with caplog.at_level(logging.INFO):
-        seed = load_seed(cfg.seed, 0)
+        seed = load_seed(run_options(cfg).seed, 0)
     assert seed["text"] == ["a fine row", "another fine row"] and seed["id"] == ["a", "g"]
     assert "skipped 5 of 8 rows whose 'text' is blank or not text (e.g. row 1)" in caplog.text
     assert "skipped 1 rows whose 'id' repeats an earlier row's" in caplog.text

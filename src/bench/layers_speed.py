@@ -23,11 +23,11 @@ from src.bench.common import offline_env
 def _setup(lm: str, n: int):
     import torch
 
-    from src.config import compose_config
+    from src.config import compose_config, run_options
     from src.stages import load_task_data
 
-    cfg = compose_config(["task=lm", f"model={lm}", "logger=none", "trainer.progress_bar=false",
-                          f"seed.max_examples={n}"])
+    cfg = run_options(compose_config(["task=lm", f"model={lm}", "logger=none", "trainer.progress_bar=false",
+                                      f"seed.max_examples={n}"]))
     data, task = load_task_data(cfg)
     model, tok = task.build_base(data.task)
     items = task.gradient_items(data.seed, {}, range(len(data.seed)))
@@ -52,7 +52,7 @@ def _child(lm: str, mode: str, n: int, batch_size: int, layer_d: int) -> dict:
             for b in batches:
                 model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     else:
-        names = choose_layers(model, mode, cfg.model.head)
+        names = choose_layers(model, mode, cfg.task.model.head)
         projectors = layer_projectors(model, names, layer_d, seed=0)
         out.update(layers=len(names), dims=sum(p.d for p in projectors.values()))
         proj_s = 0.0

@@ -147,33 +147,31 @@ def candidates(leaked, unseen, share: float, rng: int, features=None):
     return torch.cat([other, *picked]).sort().values, n
 
 
-def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list[dict]:
+def score_world(opts, selectors: dict, variants: dict, shares, log=print) -> list[dict]:
     """Every (variant, selector, share) of one world: precision@k and the planted kinds picked."""
     import torch
 
     from src.selectors.base import SelectionContext
     from src.selectors.rows import TensorRows
     from src.stages import autolabel, gradients, load_models, load_task_data
-    from src.tasks import get_task
 
-    data, task = load_task_data(cfg)
-    pair = load_models(cfg, data, task)
-    labels = autolabel(cfg, pair, data, task)
+    data, task = load_task_data(opts)
+    pair = load_models(opts, data, task)
+    labels = autolabel(opts, pair, data, task)
     leaked, unseen = torch.tensor(data.seed["leaked"]), torch.tensor(data.seed["unseen"])
     # What the candidates are matched on: length and, where the task scores the text under θ0, its novelty
     # to θ0 (planted topics can be rarer text for θ0 without any finetuning: species names, say).
     match = [[len(t) for t in data.seed["text"]]] + ([labels["stat_nll_0"]] if "stat_nll_0" in labels else [])
     out = []
-    for vname, (vcfg, names) in variants.items():
-        # A task reads its gradient options from its config: one per variant.
-        G, target = gradients(vcfg, pair, data, labels, get_task(vcfg, data.task.classes))
+    for vname, (vopts, names) in variants.items():
+        G, target = gradients(opts, pair, data, labels, task, vopts.gradient)
         for share in shares:
-            idx, k = candidates(leaked, unseen, share, int(cfg.rng), features=match)
+            idx, k = candidates(leaked, unseen, share, int(opts.rng), features=match)
             ctx = SelectionContext(n_seed=len(idx), labels=None if labels.get("labels") is None else labels["labels"][idx],
                                    logp_f=labels["logp_f"][idx], logp_0=labels["logp_0"][idx],
                                    stats={n.removeprefix("stat_"): v[idx] for n, v in labels.items()
                                           if n.startswith("stat_")},
-                                   grads=TensorRows(G[:, idx]), target=target, rng=int(cfg.rng), progress=False)
+                                   grads=TensorRows(G[:, idx]), target=target, rng=int(opts.rng), progress=False)
             for name in names:
                 picks = idx[selectors[name](ctx, k).indices]
                 row = {"variant": vname, "selector": name, "share": share, "k": k, "n": len(idx),
@@ -185,33 +183,31 @@ def score_world(cfg, selectors: dict, variants: dict, shares, log=print) -> list
     return out
 
 
-def default_variants(cfg, selectors: dict) -> dict:
-    """The run's own gradients ("default") and one variant per distinct ``gradients:`` set a selector
+def default_variants(opts, selectors: dict) -> dict:
+    """The run's own options ("default") and one variant per distinct ``gradients:`` set a selector
     config names (e.g. select_paper's raw gradients), as the pipeline's ``selection_contexts``."""
-    from omegaconf import OmegaConf
-
-    from src.selectors.registry import GRADIENT_OPTIONS, with_gradient_options
+    from dataclasses import replace
 
     groups: dict[str, list[str]] = {}
     for name, sel in selectors.items():
         # Options equal to the run's own name the run's gradients (e.g. select_paper's raw ones on a raw run).
-        own = {k: v for k, v in (sel.gradients or {}).items() if OmegaConf.select(cfg, GRADIENT_OPTIONS[k]) != v}
+        own = {k: v for k, v in (sel.gradients or {}).items() if getattr(opts.gradient, k, None) != v}
         groups.setdefault(json.dumps(own, sort_keys=True) if sel.needs_gradients and own else "", []).append(name)
     out = {}
     for key, names in groups.items():
-        opts = json.loads(key) if key else {}
-        label = "default" if not key else ", ".join(f"{k}={v}" for k, v in opts.items())
-        out[label] = (with_gradient_options(cfg, opts) if key else cfg, names)
+        options = json.loads(key) if key else {}
+        label = "default" if not key else ", ".join(f"{k}={v}" for k, v in options.items())
+        out[label] = (replace(opts, gradient=opts.gradient.with_selector(options)) if key else opts, names)
     return out
 
 
-def applicable(cfg, selectors: dict) -> dict:
+def applicable(opts, selectors: dict) -> dict:
     """Drop what a task cannot run: class balance without classes, label-word statistics without label
     words, and token_ratio where it is likelihood_ratio itself (task=lm)."""
     from src.checks import without_classes
 
-    drop = set(without_classes(cfg, selectors))
-    if cfg.task != "classify_lm":
+    drop = set(without_classes(opts, selectors))
+    if opts.task.name != "classify_lm":
         drop |= {"label_kl", "token_ratio"}
     return {n: s for n, s in selectors.items() if n not in drop}
 
@@ -236,7 +232,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     offline_env()
 
-    from src.config import compose_config
+    from src.config import compose_config, run_options
     from src.selectors.registry import build_selectors
 
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -247,21 +243,23 @@ def main(argv=None) -> None:
                                                                   args.seeds):
         t0 = time.perf_counter()
         base = world_overrides(lm, task, rng, args.n_other, args.n_plant, text, args.n_train) + extra + list(args.overrides)
-        cfg = compose_config(base)
+        opts = run_options(compose_config(base))
         names = list(dict.fromkeys([*args.selectors, *(["select", "topk"] if args.diagnostics else []),
                                     *(["select_balanced" if task == "classify_lm" else "select", "topk"]
                                       if args.layer_variants else [])]))  # what the variants run
-        selectors = applicable(cfg, build_selectors(compose_config([*base, f"baselines=[{','.join(names)}]"])))
-        variants = default_variants(cfg, selectors)
+        specs = run_options(compose_config([*base, f"baselines=[{','.join(names)}]"])).selectors
+        selectors = applicable(opts, build_selectors(specs))
+        variants = default_variants(opts, selectors)
         if args.diagnostics:
-            variants.update({name: (compose_config([*base, *o]), ["select", "topk"])
+            variants.update({name: (run_options(compose_config([*base, *o])), ["select", "topk"])
                              for name, o in VARIANTS.items() if "exact" not in name or task in EXACT_TASKS})
         if args.layer_variants:
             greedy = "select_balanced" if task == "classify_lm" else "select"
-            variants.update({name: (compose_config([*base, "gradient.precondition=none", *o]), [greedy, "topk"])
+            variants.update({name: (run_options(compose_config([*base, "gradient.precondition=none", *o])),
+                                    [greedy, "topk"])
                              for name, o in LAYER_VARIANTS.items()})
         print(f"{lm} {text} {task} θf={thetaf} rng={rng}", flush=True)
-        for r in score_world(cfg, selectors, variants, args.shares):
+        for r in score_world(opts, selectors, variants, args.shares):
             rows.append({"lm": lm if thetaf == "full" else f"{lm}, {thetaf} θf", "text": text, "task": task,
                          "rng": rng, **r})
         print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)

@@ -59,19 +59,19 @@ def _quiet():
 
 # -- the MiniLM setup shared by (a) and (c) -----------------------------------------------------
 def _minilm(n_seed: int, cache_dir: Path, overrides=()):
-    from src.config import compose_config
+    from src.config import compose_config, run_options
     from src.models import ModelPair
     from src.stages import load_task_data
 
-    cfg = compose_config(["logger=none", "trainer.progress_bar=false", f"seed.max_examples={n_seed}",
-                          f"cache_dir={cache_dir}", *overrides])
+    cfg = run_options(compose_config(["logger=none", "trainer.progress_bar=false", f"seed.max_examples={n_seed}",
+                                      f"cache_dir={cache_dir}", *overrides]))
     data, task = load_task_data(cfg)
     model, tok = task.build_base(data.task)
     state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
     statef = {k: (v + 0.01 * v.float().std().nan_to_num() * torch.randn(v.shape, generator=gen)).to(v.dtype)
               if v.is_floating_point() else v.clone() for k, v in state0.items()}
-    pair = ModelPair(model=model.eval(), tokenizer=tok, state0=state0, statef=statef, head_name=cfg.model.head,
+    pair = ModelPair(model=model.eval(), tokenizer=tok, state0=state0, statef=statef, head_name=cfg.task.model.head,
                      key=f"bench-{n_seed}")
     labels = {"labels": torch.randint(0, len(data.task.classes), (len(data.seed),), generator=gen),
               "key": f"bench-{n_seed}"}
@@ -83,7 +83,7 @@ def _forward_only(cfg, task, data, pair, labels) -> float:
     from src.gradients.runner import compute_rows
     from src.training import logits_fn
 
-    collate = task.gradient_spec(pair, data.seed, labels, [1.0]).collate
+    collate = task.gradient_spec(pair, data.seed, labels, [1.0], cfg.gradient).collate
     items = task.gradient_items(data.seed, labels, range(len(data.seed)))
     t0 = time.perf_counter()
     with torch.inference_mode():  # as fast as a plain loop gets (Lightning's predict loop uses it too)
@@ -102,7 +102,7 @@ def part_a(args) -> dict:
 
         pair.load(0.5)
         warm = task.gradient_items(data.seed, labels, range(min(64, len(data.seed))))  # thread pools, allocator
-        collate = task.gradient_spec(pair, data.seed, labels, [1.0]).collate
+        collate = task.gradient_spec(pair, data.seed, labels, [1.0], cfg.gradient).collate
         compute_rows(pair.model, warm, collate, logits_fn, 32, torch.device("cpu"))
         f1 = _forward_only(cfg, task, data, pair, labels)
         t0 = time.perf_counter()
@@ -115,7 +115,7 @@ def part_a(args) -> dict:
         t_cached = time.perf_counter() - t0
     fwd = (f1 + f2) / 2
     return {"n": len(data.seed), "P": args.P, "d": args.d, "batch_size": int(cfg.gradient.batch_size),
-            "shard_size": int(cfg.gradient.shard_size), "max_length": int(cfg.model.max_length),
+            "shard_size": int(cfg.gradient.shard_size), "max_length": int(cfg.task.model.max_length),
             "forward_s": [f1, f2], "pass_s": t_pass, "cached_pass_s": t_cached,
             "ratio": t_pass / (args.P * fwd), "shape": list(G.shape), "threads": torch.get_num_threads()}
 
@@ -129,14 +129,14 @@ def part_c(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg, task, data, pair, labels = _minilm(args.n_seed, Path(tmp), [f"P={args.P}", f"d={args.d}",
                                                                          f"gradient.shard_size={args.rss_shard}"])
-        alphas = checkpoint_alphas(cfg.P)
-        spec = task.gradient_spec(pair, data.seed, labels, alphas)
+        alphas = checkpoint_alphas(cfg.gradient.P)
+        spec = task.gradient_spec(pair, data.seed, labels, alphas, cfg.gradient)
 
         def store(name):
             return ShardStore(Path(tmp) / name, {"bench": name}, n_rows=len(data.seed),
                               shard_size=cfg.gradient.shard_size)
 
-        kw = dict(trainer_cfg=cfg.trainer, batch_size=cfg.gradient.batch_size, load=False)
+        kw = dict(trainer=cfg.task.trainer, batch_size=cfg.gradient.batch_size, load=False)
         # Warm-up on a store over the first shard's rows only: imports, Lightning, thread pools, caches.
         warm = ShardStore(Path(tmp) / "warm", {"bench": "warm"}, n_rows=min(len(data.seed), cfg.gradient.shard_size),
                           shard_size=cfg.gradient.shard_size)

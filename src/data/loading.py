@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 
 from src.errors import UserError
+from src.options import SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _check_utf8(path: str, what: str) -> None:
                         "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
-def load_table(cfg, what: str) -> datasets.DatasetDict:
+def load_table(cfg: SourceOptions, what: str) -> datasets.DatasetDict:
     """Load every split a config names. ``what`` names the config in error messages."""
     path = str(cfg.path)
     kwargs = {}
@@ -75,7 +76,7 @@ def load_table(cfg, what: str) -> datasets.DatasetDict:
         if builder == "csv" and path.endswith(".tsv"):
             kwargs["delimiter"] = "\t"
     else:
-        kwargs = {"path": path, "name": cfg.get("name")}
+        kwargs = {"path": path, "name": cfg.name}
     try:
         return datasets.load_dataset(**kwargs)
     except Exception as e:  # datasets raises many types for 'offline' / 'not found'
@@ -100,53 +101,53 @@ def _render(rows: list[dict], template: str, what: str) -> list[str]:
 KINDS = ("labelled", "prompt_response", "documents")
 
 
-def _normalise(ds: datasets.Dataset, cfg, what: str, classes: list | None, kind: str = "labelled") -> datasets.Dataset:
+def _normalise(ds: datasets.Dataset, cfg: SourceOptions, what: str, classes: list | None,
+               kind: str = "labelled") -> datasets.Dataset:
     """Rows → columns text, id (+ label if labelled, + prompt/response for SFT, + group if configured)."""
     labelled = classes is not None and kind == "labelled"
-    templated = cfg.get("prompt_template") or cfg.get("text_template")
-    needed = [f for f in ([cfg.get("text_field")] + ([cfg.label_field] if labelled else [])) if f and not templated]
+    templated = cfg.prompt_template or cfg.text_template
+    needed = [f for f in ([cfg.text_field] + ([cfg.label_field] if labelled else [])) if f and not templated]
     for field in needed:
         if field not in ds.column_names:
             raise UserError(f"{what} has no field '{field}'; fields are {ds.column_names}")
     # One conversion to Python rows: per-element access to a datasets column is slow.
     rows = ds.to_list()
-    for field, allowed in (cfg.get("include") or {}).items():
+    for field, allowed in (cfg.include or {}).items():
         allowed = set(allowed)
         rows = [r for r in rows if r[field] in allowed]
-    for field, banned in (cfg.get("exclude") or {}).items():
+    for field, banned in (cfg.exclude or {}).items():
         banned = set(banned)
         rows = [r for r in rows if r[field] not in banned]
-    if cfg.get("buckets"):  # a stable hash-split of the ids (e.g. the half the embedded base LM never saw)
+    if cfg.buckets:  # a stable hash-split of the ids (e.g. the half the embedded base LM never saw)
         from src.data.buckets import bucket_filter
 
-        keep, id_field = bucket_filter(cfg.buckets), cfg.get("id_field")
+        keep, id_field = bucket_filter(cfg.buckets), cfg.id_field
         if not id_field:
             raise UserError(f"{what}: `buckets` splits rows by their id, so it needs `id_field`")
         rows = [r for r in rows if keep(r[id_field])]
     rows = _clean_rows(rows, cfg, what)
-    # Config values are read once into locals: an OmegaConf attribute read per row costs more than the row.
-    if cfg.get("prompt_template") or cfg.get("text_template"):
-        texts = _render(rows, cfg.get("prompt_template") or cfg.text_template, what)
+    if cfg.prompt_template or cfg.text_template:
+        texts = _render(rows, cfg.prompt_template or cfg.text_template, what)
     else:
         field = cfg.text_field
         texts = ["" if r[field] is None else str(r[field]) for r in rows]
     if kind == "documents":  # a blank document has no tokens to learn or score: drop it, but never all
         keep = [i for i, t in enumerate(texts) if t.strip()]
         if rows and not keep:
-            raise UserError(f"{what}: every document is empty (text_field {cfg.get('text_field')!r}, "
-                            f"text_template {cfg.get('text_template')!r})")
+            raise UserError(f"{what}: every document is empty (text_field {cfg.text_field!r}, "
+                            f"text_template {cfg.text_template!r})")
         if len(keep) < len(rows):
             log.warning("%s: dropped %d empty documents of %d", what, len(rows) - len(keep), len(rows))
             rows, texts = [rows[i] for i in keep], [texts[i] for i in keep]
-    id_field = cfg.get("id_field")
+    id_field = cfg.id_field
     cols = {"id": [str(r[id_field]) for r in rows] if id_field else [f"{what}:{i}" for i in range(len(rows))]}
     cols["text"] = texts
-    if cfg.get("prompt_template"):
+    if cfg.prompt_template:
         cols["prompt"] = texts
-    if kind == "prompt_response" and cfg.get("response_template"):
+    if kind == "prompt_response" and cfg.response_template:
         cols["response"] = _render(rows, cfg.response_template, what)
         cols["text"] = [p + r for p, r in zip(cols["prompt"], cols["response"])]
-    if cfg.get("group_field"):
+    if cfg.group_field:
         group_field = cfg.group_field
         cols["group"] = [str(r[group_field]) for r in rows]
     if labelled:
@@ -169,7 +170,7 @@ _MEMO: dict[str, datasets.Dataset] = {}
 _MEMO_SIZE = 8
 
 
-def normalised_split(cfg, split: str, what: str, classes: list | None, kind: str) -> datasets.Dataset:
+def normalised_split(cfg: SourceOptions, split: str, what: str, classes: list | None, kind: str) -> datasets.Dataset:
     """``_normalise(load_table(cfg)[split])``, remembered in this process for the same file and settings.
 
     Loading and normalising the embedded WordNet file (114k rows) costs seconds, and a sweep, a benchmark
@@ -177,14 +178,11 @@ def normalised_split(cfg, split: str, what: str, classes: list | None, kind: str
     or any changed setting is a new entry. Datasets are immutable (every operation returns a new one),
     so sharing one between callers is safe.
     """
-    from omegaconf import OmegaConf
-
     from src.cache import stable_hash
 
     path = Path(str(cfg.path))
     stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
-    plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
-    key = stable_hash(plain, stamp, split, what, classes, kind)
+    key = stable_hash(cfg, stamp, split, what, classes, kind)
     if key not in _MEMO:
         table = load_table(cfg, what)
         if split not in table:
@@ -195,10 +193,10 @@ def normalised_split(cfg, split: str, what: str, classes: list | None, kind: str
     return _MEMO[key]
 
 
-def _clean_rows(rows: list[dict], cfg, what: str) -> list[dict]:
+def _clean_rows(rows: list[dict], cfg: SourceOptions, what: str) -> list[dict]:
     """Skip rows whose text is blank or not a string, and rows repeating an earlier id, saying how many."""
-    field, id_field = cfg.get("text_field"), cfg.get("id_field")
-    if field and not cfg.get("prompt_template"):
+    field, id_field = cfg.text_field, cfg.id_field
+    if field and not cfg.prompt_template:
         bad = [i for i, r in enumerate(rows) if not isinstance(r.get(field), str) or not r[field].strip()]
         if bad and len(bad) == len(rows):  # nothing left to learn from or select: say so, not a later symptom
             raise UserError(f"{what}: every row's '{field}' is blank or not text ({len(rows)} rows)")
@@ -267,29 +265,29 @@ class TaskData:
     unseen: datasets.Dataset | None = None  # more rows of the true distribution θf never saw (planted in the seed)
 
 
-def load_task(cfg, rng: int, kind: str = "labelled", n_unseen: int = 0) -> TaskData:
+def load_task(cfg: SourceOptions, rng: int, kind: str = "labelled", n_unseen: int = 0) -> TaskData:
     """The hidden finetuning data and its held-out test split, shaped for a task of data ``kind``; with
     ``n_unseen``, also that many rows of the same pool that neither θf, validation nor test ever see."""
     if kind not in KINDS:
         raise ValueError(f"data kind must be one of {KINDS}, got {kind!r}")
-    if kind == "prompt_response" and not (cfg.get("prompt_template") and cfg.get("response_template")):
+    if kind == "prompt_response" and not (cfg.prompt_template and cfg.response_template):
         raise UserError("an SFT dataset config needs prompt_template and response_template")
-    classes = list(cfg.get("classes") or []) if kind == "labelled" else []
-    train = normalised_split(cfg, cfg.get("train_split", "train"), "dataset", classes, kind)
-    test_split = cfg.get("test_split")
+    classes = list(cfg.classes or []) if kind == "labelled" else []
+    train = normalised_split(cfg, cfg.train_split, "dataset", classes, kind)
+    test_split = cfg.test_split
     if test_split:
         test = normalised_split(cfg, test_split, "dataset", classes, kind)
     else:  # one file, no test split: a seeded split
-        parts = train.train_test_split(test_size=cfg.get("test_size", 0.2), seed=rng)
+        parts = train.train_test_split(test_size=cfg.test_size, seed=rng)
         train, test = parts["train"], parts["test"]
     if kind == "labelled":
         train, test, classes = _index_labels(train, test, classes)
     if not classes and kind == "labelled":  # labels of another integer dtype: their sorted values
         classes = [str(c) for c in sorted(set(train["label"]) | set(test["label"]))]
     pool = train
-    train, val = _carve_val(pool, cfg.get("n_train"), cfg.get("n_val") or 0, rng)
+    train, val = _carve_val(pool, cfg.n_train, cfg.n_val or 0, rng)
     unseen = _carve_unseen(pool, len(train) + (0 if val is None else len(val)), int(n_unseen), rng) if n_unseen else None
-    test = _sample(test, cfg.get("n_test"), rng + 1)
+    test = _sample(test, cfg.n_test, rng + 1)
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"dataset '{cfg.path}' has an empty train or test split after filtering")
     return TaskData(train=train, test=test, classes=classes, val=val, unseen=unseen)
@@ -323,14 +321,15 @@ def _carve_val(pool: datasets.Dataset, n_train, n_val: float, rng: int):
     return train.select(range(len(train) - n_val)), train.select(range(len(train) - n_val, len(train)))
 
 
-def load_seed(cfg, rng: int, exclude_ids: set[str] = frozenset(), kind: str = "labelled") -> datasets.Dataset:
+def load_seed(cfg: SourceOptions, rng: int, exclude_ids: set[str] = frozenset(),
+              kind: str = "labelled") -> datasets.Dataset:
     """The public seed corpus, with any row whose id is in the true data removed."""
-    ds = normalised_split(cfg, cfg.get("split", "train"), "seed corpus", None, kind)
+    ds = normalised_split(cfg, cfg.split, "seed corpus", None, kind)
     if exclude_ids:
         before = len(ds)
         ds = ds.filter(lambda i: i not in exclude_ids, input_columns="id")
         log.info("seed corpus: removed %d rows that are in the true data", before - len(ds))
-    ds = _sample(ds, cfg.get("max_examples"), rng)
+    ds = _sample(ds, cfg.max_examples, rng)
     if len(ds) == 0:
         raise UserError(f"seed corpus '{cfg.path}' is empty (after filtering)")
     return ds

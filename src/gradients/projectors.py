@@ -103,6 +103,13 @@ class RademacherProjector(Projector):
         return (torch.randint(0, 2, shape, generator=gen).float() * 2 - 1) / self.d ** 0.5
 
 
+def make_projector(opts, in_dim: int, d: int) -> Projector:
+    """The dense map ``opts`` (``src.options.ProjectorOptions``) names, for gradients of ``in_dim`` numbers."""
+    from src.options import locate
+
+    return locate(opts.target)(in_dim=in_dim, d=d, seed=opts.seed, block_size=opts.block_size)
+
+
 class FactoredProjector:
     """Kronecker (factored) JL map for matrices: ``P(G) = vec(A G Bᵀ)``, G ∈ R^{V×H}.
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.models import interpolate
+from src.options import TrainerOptions
 from src.store import ShardStore
 from src.training import length_order
 
@@ -113,7 +114,7 @@ def plan(store: ShardStore, n_checkpoints: int) -> list[tuple[int, int]]:
 
 
 def gradient_pass(pair, alphas: list[float], store: ShardStore, spec, seed, autolabels: dict, *,
-                  trainer_cfg, batch_size: int, store_dtype=torch.float32, load: bool = True,
+                  trainer: TrainerOptions, batch_size: int, store_dtype=torch.float32, load: bool = True,
                   load_dtype: torch.dtype | None = None):
     """Fill the store's shards of θ̂_1..θ̂_P in one predict loop; return [P, N, d] (in ``load_dtype``,
     default the store dtype), or the number of shards computed when ``load`` is False."""
@@ -128,10 +129,10 @@ def gradient_pass(pair, alphas: list[float], store: ShardStore, spec, seed, auto
         loader = DataLoader(items, batch_size=1, shuffle=False, collate_fn=_first)
         # A spec that differentiates through the model (several layers, by autograd) cannot run under
         # Lightning's default inference mode, which no enable_grad can lift.
-        trainer = build_trainer(trainer_cfg, logger=False, inference_mode=not getattr(spec, "needs_grad", False))
-        trainer.predict(module, loader, return_predictions=False)
+        lightning = build_trainer(trainer, logger=False, inference_mode=not getattr(spec, "needs_grad", False))
+        lightning.predict(module, loader, return_predictions=False)
         log.info("gradient pass: %d shards in %.1fs on %s x %s", len(items), time.perf_counter() - t0,
-                 trainer_cfg.accelerator, trainer_cfg.devices)
+                 trainer.accelerator, trainer.devices)
     for j, alpha in enumerate(alphas, start=1):
         n = sum(1 for jj, _ in items if jj == j)
         log.info("gradient pass: checkpoint %d/%d (alpha=%.3f): %d of %d shards computed, rest from cache",

@@ -109,11 +109,7 @@ def train_tokenizer(texts, vocab_size: int, model_max_length: int = 64):
 
 
 def resolve_cfg(cfg_dict) -> dict:
-    """Defaults + the given dict, as plain Python (accepts an OmegaConf DictConfig)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg_dict, DictConfig):
-        cfg_dict = OmegaConf.to_container(cfg_dict, resolve=True)
+    """Defaults + the given dict."""
     unknown = set(cfg_dict or {}) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown base_lm config keys: {sorted(unknown)}")

@@ -1,9 +1,9 @@
 """Tasks: what differs between classification, label-word classification, SFT and language
 modelling, behind the one interface of ``src.tasks.base.Task``.
 
-``TASKS`` is the registry: ``task_class(cfg)`` is a task's class (what its data holds, its own
-option checks) before any data is loaded; ``get_task(cfg, classes)`` the task itself, once the
-classes are known.
+``TASKS`` is the registry: ``task_class(name)`` is a task's class (what its data holds, its own
+option checks) before any data is loaded; ``get_task(opts, classes)`` the task itself (its
+``src.options.TaskOptions``), once the classes are known.
 """
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ TASKS = {"classification": "src.tasks.classification:ClassificationTask",
          "lm": "src.tasks.lm:LMTask"}
 
 
-def task_class(cfg):
-    name = cfg.task
+def task_class(name: str):
     if name not in TASKS:
         raise UserError(f"Unknown task '{name}'.{did_you_mean(name, TASKS)}")
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
-def get_task(cfg, classes=()):
-    return task_class(cfg)(cfg, classes)
+def get_task(opts, classes=()):
+    return task_class(opts.name)(opts, classes)

@@ -1,9 +1,10 @@
 """The task interface, and the gradient stage a task states as one immutable ``GradientSpec``.
 
 A task is what differs between classification, label-word classification, SFT and language
-modelling. It says what its data holds (``data_kind``, see ``src.data.loading``), which config
-values its outputs depend on (``fields``: every cached stage's key includes them), how to build
-θ0, train a model on examples, autolabel the seed corpus, state its gradient stage and evaluate.
+modelling. It reads its options (``src.options.TaskOptions``), never the config. It says what its
+data holds (``data_kind``, see ``src.data.loading``), which option values its outputs depend on
+(``fields``: every cached stage's key includes them), how to build θ0, train a model on examples,
+autolabel the seed corpus, state its gradient stage (for the gradient options it is given) and evaluate.
 Caching, the gradient store, selectors, OT distance and results are shared (``src.stages``,
 ``src.pipeline``) and never ask which task they run.
 
@@ -12,12 +13,13 @@ A new task is one file in ``src/tasks/`` (a subclass of ``Task``, registered in 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
 from src.gradients.last_layer import projected_grads
+from src.options import GradientOptions, RunOptions, TaskOptions, TrainerOptions
 
 
 @dataclass(frozen=True)
@@ -66,17 +68,21 @@ class Task:
     metric, higher_is_better = "accuracy", True
     seed_columns: tuple = ()      # seed-corpus columns the task reads besides text (SFT: prompt)
 
-    def __init__(self, cfg, classes=()):
-        self.cfg, self.classes = cfg, list(classes or [])
+    def __init__(self, opts: TaskOptions, classes=()):
+        self.opts, self.classes = opts, list(classes or [])
+
+    def with_trainer(self, trainer: TrainerOptions) -> Task:
+        """The same task running its fits and forward passes under ``trainer``."""
+        return type(self)(replace(self.opts, trainer=trainer), self.classes)
 
     def fields(self) -> dict:
-        """Config values (resolved) that the task's models, autolabels and gradients depend on beyond
-        ``model`` and ``dataset``: part of every cached stage's key."""
+        """Option values that the task's models, autolabels and gradients depend on beyond ``model`` and
+        ``dataset``: part of every cached stage's key."""
         return {}
 
     @classmethod
-    def check(cls, cfg) -> None:
-        """Cheap checks of the task's own options (fixed sets of values), before any data or model is loaded."""
+    def check(cls, run: RunOptions, gradient: GradientOptions) -> None:
+        """Cheap checks of what the task cannot do with these options, before any data or model is loaded."""
 
     # models
     def build_base(self, data):
@@ -108,7 +114,8 @@ class Task:
     def describe_autolabels(self, autolabels: dict, data) -> str:
         return ""
 
-    def gradient_spec(self, pair, seed, autolabels: dict, alphas: list[float]) -> GradientSpec:
+    def gradient_spec(self, pair, seed, autolabels: dict, alphas: list[float],
+                      gradient: GradientOptions) -> GradientSpec:
         raise NotImplementedError
 
     def evaluate(self, model, tokenizer, test) -> dict:

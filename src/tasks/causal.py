@@ -14,16 +14,16 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from src.collate import PromptResponseCollate
 from src.errors import UserError
 from src.gradients.last_layer import response_mask, response_positions, second_moments
 from src.gradients.last_layer import projected_target as layer_target
-from src.gradients.projectors import FactoredProjector
+from src.gradients.projectors import FactoredProjector, make_projector
 from src.models import _from_hub
+from src.options import GradientOptions, RunOptions, TaskOptions
 from src.tasks.base import GradientSpec, Task
-from src.tasks.collate import PromptResponseCollate
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,21 @@ def _item_length(item) -> int:
     return sum(len(x) for x in item if isinstance(x, str))
 
 
-def _head_shape(cfg) -> tuple[int, int] | None:
+def _head_shape(opts: TaskOptions) -> tuple[int, int] | None:
     """(V, H) of the LM head where it is known without loading the model: the embedded LM's config, or a
     local folder's config.json; None otherwise."""
     import json
     from pathlib import Path
 
-    name = str(cfg.model.name_or_path)
+    name = str(opts.model.name_or_path)
     if name == "base_lm":
-        return int(cfg.base_lm.vocab_size), int(cfg.base_lm.n_embd)
+        return int(opts.base_lm["vocab_size"]), int(opts.base_lm["n_embd"])
     conf = Path(name) / "config.json"
     if conf.is_file():
         c = json.loads(conf.read_text())
         V, H = c.get("vocab_size"), c.get("hidden_size") or c.get("n_embd")
         return (int(V), int(H)) if V and H else None
     return None
-
-
-PROJECTIONS = ("factored", "dense", "exact")
-PRECONDITIONERS = ("none", "adafactor")
 
 
 class CausalLMTask(Task):
@@ -91,70 +87,56 @@ class CausalLMTask(Task):
     keep_prompt_end = False
 
     @classmethod
-    def check(cls, cfg) -> None:
-        g = cfg.gradient
-        if g.get("projection", "factored") not in ("auto", *PROJECTIONS):
-            raise UserError(f"gradient.projection must be one of {('auto', *PROJECTIONS)}, got {g.projection!r}")
-        if g.get("precondition", "none") not in PRECONDITIONERS:
-            raise UserError(f"gradient.precondition must be one of {PRECONDITIONERS}, got {g.precondition!r}")
-        if g.get("projection") == "exact":
-            cls._check_exact(cfg)
-        if str(g.get("layers", "head")) != "head":
-            if g.get("projection", "auto") not in ("auto", "factored") or g.get("precondition", "none") != "none":
-                raise UserError("gradient.layers other than head projects every layer with its own factored map: it "
-                                "takes gradient.projection=auto|factored and gradient.precondition=none")
-            if g.get("layer_norm", "unit") not in ("unit", "none") or g.get("layer_weights", "equal") not in (
-                    "equal", "delta"):
-                raise UserError(f"gradient.layer_norm must be unit|none and gradient.layer_weights equal|delta, got "
-                                f"{g.get('layer_norm')!r}, {g.get('layer_weights')!r}")
+    def check(cls, run: RunOptions, gradient: GradientOptions) -> None:
+        if gradient.projection == "exact":
+            cls._check_exact(run, gradient)
 
     @classmethod
-    def _check_exact(cls, cfg) -> None:
+    def _check_exact(cls, run: RunOptions, gradient: GradientOptions) -> None:
         """projection=exact needs one loss position per example, and a memory bound known before any compute."""
         from src.gradients.exact import check_bound
 
         if cls.name in ("lm", "sft"):
             raise UserError(f"gradient.projection=exact needs one loss position per example (label words); task="
                             f"{cls.name} scores every token of a response: use gradient.projection=factored")
-        shape = _head_shape(cfg)
-        seed = cfg.get("seed") or {}
-        n = seed.get("max_examples")
+        shape = _head_shape(run.task)
+        seed, n = run.seed, run.seed.max_examples
         if shape is None or n is None:  # checked again before the embedding, with the real sizes
-            check_bound(0, 1, 1, cfg.gradient.get("exact_max_rows"))
+            check_bound(0, 1, 1, gradient.exact_max_rows)
             return
-        leaked = round(float(seed.get("leak_fraction") or 0) * int((cfg.get("dataset") or {}).get("n_train") or 0))
-        rows = int(cfg.P) * (int(n) + int(seed.get("unseen_rows") or 0) + leaked)
-        check_bound(rows, *shape, cfg.gradient.get("exact_max_rows"))
+        leaked = round(float(seed.leak_fraction or 0) * int((run.dataset and run.dataset.n_train) or 0))
+        rows = int(gradient.P) * (int(n) + int(seed.unseen_rows or 0) + leaked)
+        check_bound(rows, *shape, gradient.exact_max_rows)
 
     # -- models -------------------------------------------------------------------
     def _path(self) -> str:
-        name = str(self.cfg.model.name_or_path)
+        name = str(self.opts.model.name_or_path)
         if name == "base_lm":  # the project's own small LM, pretrained once and cached
             from src.lm.base_lm import ensure_base_lm
 
-            return ensure_base_lm(OmegaConf.to_container(self.cfg.base_lm, resolve=True), self.cfg.model_cache_dir)
+            return ensure_base_lm(self.opts.base_lm, self.opts.model_cache_dir)
         if name.startswith("gguf:"):  # a GGUF file in a Python package, converted once into a model folder
             from src.lm.gguf import ensure_gguf_model
 
-            return ensure_gguf_model(name, self.cfg.model_cache_dir)
+            return ensure_gguf_model(name, self.opts.model_cache_dir)
         return name
 
     def build_base(self, data):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         path = self._path()
-        tok = _from_hub(AutoTokenizer.from_pretrained, self.cfg.model.get("tokenizer") or path)
+        tok = _from_hub(AutoTokenizer.from_pretrained, self.opts.model.tokenizer or path)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "right"
-        torch.manual_seed(self.cfg.rng)
+        torch.manual_seed(self.opts.rng)
         if path.startswith("random:"):  # tests: a tiny random model sized to the tokenizer
-            config = AutoConfig.for_model(path[7:], vocab_size=len(tok), **dict(self.cfg.model.get("config") or {}))
+            config = AutoConfig.for_model(path[7:], vocab_size=len(tok), **dict(self.opts.model.config or {}))
             model = AutoModelForCausalLM.from_config(config)
         else:
             self._check_causal(_from_hub(AutoConfig.from_pretrained, path))
             model = _from_hub(AutoModelForCausalLM.from_pretrained, path)
-        if self.cfg.model.get("untie_head"):
+        if self.opts.model.untie_head:
             untie_head(model)
         self._check_head(model)
         return model.eval(), tok
@@ -163,11 +145,11 @@ class CausalLMTask(Task):
         """An encoder (BERT, MiniLM) would load as a causal LM with a fresh, random head: refuse it."""
         archs = config.architectures or []
         if archs and not getattr(config, "is_decoder", False) and not any("CausalLM" in a or "LMHead" in a for a in archs):
-            raise UserError(f"model '{self.cfg.model.name_or_path}' ({', '.join(archs)}) is not a causal LM with an LM "
+            raise UserError(f"model '{self.opts.model.name_or_path}' ({', '.join(archs)}) is not a causal LM with an LM "
                             f"head; task={self.name} needs one (model=wordnet_lm, smollm2, gpt2, ...)")
 
     def _check_head(self, model) -> None:
-        head = self.cfg.model.head
+        head = self.opts.model.head
         try:
             model.get_submodule(head)
         except AttributeError:
@@ -184,7 +166,7 @@ class CausalLMTask(Task):
         return _from_hub(AutoModelForCausalLM.from_pretrained, path)
 
     def collate(self, tokenizer) -> PromptResponseCollate:
-        return PromptResponseCollate(tokenizer, self.cfg.model.max_length, self.eos, self.keep_prompt_end)
+        return PromptResponseCollate(tokenizer, self.opts.model.max_length, self.eos, self.keep_prompt_end)
 
     # -- training -----------------------------------------------------------------
     def training_items(self, examples: dict, tokenizer) -> list:
@@ -196,11 +178,11 @@ class CausalLMTask(Task):
 
         from src.training import fit
 
-        L.seed_everything(self.cfg.rng, workers=True, verbose=False)
+        L.seed_everything(self.opts.rng, workers=True, verbose=False)
         loader = DataLoader(self.training_items(examples, tokenizer), batch_size=ft.batch_size, shuffle=True,
-                            collate_fn=self.collate(tokenizer), generator=torch.Generator().manual_seed(self.cfg.rng))
-        return fit(model, loader, ft, self.cfg.trainer, self.cfg.rng, logger, prefix, loss_fn=token_mean_loss,
-                   monitor=monitor, head=self.cfg.model.head)
+                            collate_fn=self.collate(tokenizer), generator=torch.Generator().manual_seed(self.opts.rng))
+        return fit(model, loader, ft, self.opts.trainer, logger, prefix, loss_fn=token_mean_loss,
+                   monitor=monitor, head=self.opts.model.head)
 
     def _nll(self, model, tokenizer, items: list, batch_size: int) -> dict:
         """Per-item summed response NLL (``nll``) and response-token count (``n``)."""
@@ -211,7 +193,7 @@ class CausalLMTask(Task):
             return {"nll": nll, "n": n}
 
         return run_predict(model, items, self.collate(tokenizer), fn, batch_size=batch_size,
-                           trainer_cfg=self.cfg.trainer, length=_item_length)
+                           trainer=self.opts.trainer, length=_item_length)
 
     def text_stats(self, pair, items: list, batch_size: int) -> dict:
         """Two-model token statistics (``src.scores.token_stats``) of the response tokens of (prompt, response)
@@ -219,7 +201,7 @@ class CausalLMTask(Task):
         from src.scores.token_stats import per_token, summarise
         from src.training import run_predict
 
-        collate, width = CausalLMTask.collate(self, pair.tokenizer), int(self.cfg.model.max_length)
+        collate, width = CausalLMTask.collate(self, pair.tokenizer), int(self.opts.model.max_length)
 
         def fn(m, batch):
             logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -227,7 +209,7 @@ class CausalLMTask(Task):
             return per_token(logits, batch["input_ids"], mask, width)
 
         runs = {name: run_predict(pair.load(alpha), items, collate, fn, batch_size=batch_size,
-                                  trainer_cfg=self.cfg.trainer, length=_item_length)
+                                  trainer=self.opts.trainer, length=_item_length)
                 for name, alpha in (("f", 1.0), ("0", 0.0))}
         stats = summarise(runs["f"]["lp"], runs["0"]["lp"], runs["f"]["hit"], runs["f"]["m"])
         return {f"stat_{k}": v for k, v in stats.items()}
@@ -237,28 +219,25 @@ class CausalLMTask(Task):
         """The (prompt, response) items of seed rows ``rows``: the work of one gradient shard."""
         raise NotImplementedError
 
-    def _projector(self, pair):
-        W = pair.state0[f"{self.cfg.model.head}.weight"]
-        kind = self.cfg.gradient.get("projection", "auto")
-        if kind == "exact":
+    def _projector(self, pair, g: GradientOptions):
+        W = pair.state0[f"{self.opts.model.head}.weight"]
+        if g.projection == "exact":
             return None
-        if kind in ("auto", "factored"):
-            return FactoredProjector(W.shape[0], W.shape[1], d=self.cfg.d, seed=self.cfg.projector.seed)
-        from hydra.utils import instantiate
+        if g.projection in ("auto", "factored"):
+            return FactoredProjector(W.shape[0], W.shape[1], d=g.d, seed=g.projector.seed)
+        return make_projector(g.projector, in_dim=W.numel(), d=g.d)
 
-        return instantiate(self.cfg.projector)(in_dim=W.numel(), d=self.cfg.d)
-
-    def _factors(self, pair, seed, autolabels, alphas, items_of, collate, positions):
+    def _factors(self, pair, seed, autolabels, alphas, items_of, collate, positions, g: GradientOptions):
         """Adafactor's (r, c) from a seed subsample, averaged over the checkpoints (one preconditioner,
         as Adam's running second moment is one estimate over the whole trajectory); None for ``none``."""
-        if self.cfg.gradient.get("precondition", "none") == "none":
+        if g.precondition == "none":
             return None
         from src.training import run_predict
 
-        n = min(len(seed), int(self.cfg.gradient.precondition_rows))
-        rows = torch.randperm(len(seed), generator=torch.Generator().manual_seed(self.cfg.rng))[:n].sort().values
+        n = min(len(seed), int(g.precondition_rows))
+        rows = torch.randperm(len(seed), generator=torch.Generator().manual_seed(self.opts.rng))[:n].sort().values
         items = [it for i in rows.tolist() for it in items_of(seed, autolabels, range(i, i + 1))]
-        head = self.cfg.model.head
+        head = self.opts.model.head
 
         def fn(model, batch):
             module = model.get_submodule(head)
@@ -267,38 +246,37 @@ class CausalLMTask(Task):
 
         rs, cs = [], []
         for a in alphas:
-            out = run_predict(pair.load(a), items, collate, fn, batch_size=self.cfg.gradient.batch_size,
-                              trainer_cfg=self.cfg.trainer, length=_item_length, reduce="sum")
+            out = run_predict(pair.load(a), items, collate, fn, batch_size=g.batch_size,
+                              trainer=self.opts.trainer, length=_item_length, reduce="sum")
             m = out["m"].clamp_min(1)
             rs.append(out["r"].double() / m)
             cs.append(out["c"].double() / m)
         return torch.stack(rs).mean(0).float(), torch.stack(cs).mean(0).float()
 
-    def _layers_spec(self, pair):
+    def _layers_spec(self, pair, g: GradientOptions):
         """Whole-model (or several-layer) gradients: ``src.gradients.layers``."""
         from src.gradients.layers import LayersSpec, choose_layers, layer_projectors
 
-        g = self.cfg.gradient
-        names = choose_layers(pair.model, g.layers, self.cfg.model.head)
-        projectors = layer_projectors(pair.model, names, int(g.get("layer_d", 256)), int(self.cfg.projector.seed))
+        names = choose_layers(pair.model, g.layers, self.opts.model.head)
+        projectors = layer_projectors(pair.model, names, int(g.layer_d), int(g.projector.seed))
         return LayersSpec(items=self.gradient_items, collate=self.collate(pair.tokenizer), loss_fn=per_example_nll,
                           names=names, projectors=projectors, state0=pair.state0, statef=pair.statef,
-                          unit=g.get("layer_norm", "unit") == "unit", weights=g.get("layer_weights", "equal"),
-                          key={"loss": "token_sum", "fields": self.fields(), "max_length": self.cfg.model.max_length})
+                          unit=g.layer_norm == "unit", weights=g.layer_weights,
+                          key={"loss": "token_sum", "fields": self.fields(), "max_length": self.opts.model.max_length})
 
-    def gradient_spec(self, pair, seed, autolabels: dict, alphas) -> GradientSpec:
-        if str(self.cfg.gradient.get("layers", "head")) != "head":
-            return self._layers_spec(pair)
-        head = self.cfg.model.head
-        projector = self._projector(pair)
+    def gradient_spec(self, pair, seed, autolabels: dict, alphas, gradient: GradientOptions) -> GradientSpec:
+        g = gradient
+        if str(g.layers) != "head":
+            return self._layers_spec(pair, g)
+        head = self.opts.model.head
+        projector = self._projector(pair, g)
         collate = self.collate(pair.tokenizer)
         positions = functools.partial(response_positions, head=head)
-        factors = self._factors(pair, seed, autolabels, alphas, self.gradient_items, collate, positions)
-        g = self.cfg.gradient
+        factors = self._factors(pair, seed, autolabels, alphas, self.gradient_items, collate, positions, g)
         exact = projector is None  # the target comes with the exact rows (src/gradients/exact.py)
         return GradientSpec(items=self.gradient_items, collate=collate, positions=positions, head=head,
                             projector=projector, exact=exact,
                             target=None if exact else layer_target(pair.state0, pair.statef, head, projector),
                             factors=factors,
-                            key={"loss": "token_sum", "precondition": g.get("precondition", "none"),
-                                 "precondition_rows": g.get("precondition_rows"), **self.fields()})
+                            key={"loss": "token_sum", "precondition": g.precondition,
+                                 "precondition_rows": g.precondition_rows, **self.fields()})

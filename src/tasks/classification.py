@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 
 import torch
-from hydra.utils import instantiate
 
+from src.collate import TextCollate
 from src.errors import UserError
 from src.gradients.last_layer import pooled_positions, projected_target
+from src.gradients.projectors import make_projector
 from src.models import build_classifier, load_finetuned, load_tokenizer
+from src.options import GradientOptions, RunOptions
 from src.tasks.base import GradientSpec, Task
-from src.tasks.collate import TextCollate
 
 
 class ClassificationTask(Task):
@@ -23,18 +24,18 @@ class ClassificationTask(Task):
         return {"classes": self.classes}
 
     @classmethod
-    def check(cls, cfg) -> None:
-        name = str(cfg.model.name_or_path)
+    def check(cls, run: RunOptions, gradient: GradientOptions) -> None:
+        name = str(run.task.model.name_or_path)
         if name == "base_lm" or name.startswith("gguf:"):  # made or converted here as causal LMs only
             raise UserError(f"task=classification puts a fresh classification head on a sequence classifier "
                             f"(model=minilm, bert-base, ...); model.name_or_path={name} is a causal LM: use "
                             "task=classify_lm, which classifies through its LM head")
-        g = cfg.gradient
-        if g.get("projection", "auto") != "auto" or g.get("precondition", "none") != "none":
+        g = gradient
+        if g.projection != "auto" or g.precondition != "none":
             raise UserError("task=classification projects its fresh head's gradients with the dense `projector`; "
                             "gradient.projection and gradient.precondition are options of the LM-head tasks "
-                            f"(classify_lm, lm, sft), got projection={g.get('projection')}, "
-                            f"precondition={g.get('precondition')}")
+                            f"(classify_lm, lm, sft), got projection={g.projection}, "
+                            f"precondition={g.precondition}")
 
     # -- models -------------------------------------------------------------------
     def build_base(self, data):
@@ -43,9 +44,9 @@ class ClassificationTask(Task):
         if not data.classes:
             raise UserError("classification needs its classes: give a dataset, set classes=[...], or a θf folder "
                             "whose config.json has id2label")
-        model = build_classifier(self.cfg.model, len(data.classes), head_seed=self.cfg.rng,
-                                 require_head=bool(self.cfg.model.get("finetuned")))
-        return model, load_tokenizer(self.cfg.model)
+        model = build_classifier(self.opts.model, len(data.classes), head_seed=self.opts.rng,
+                                 require_head=bool(self.opts.model.finetuned))
+        return model, load_tokenizer(self.opts.model)
 
     def load_finetuned(self, path, data):
         return load_finetuned(path, len(data.classes))
@@ -53,9 +54,9 @@ class ClassificationTask(Task):
     def train(self, model, tokenizer, examples: dict, ft, prefix: str, logger=False, monitor=None):
         from src.training import fit_classifier
 
-        return fit_classifier(model, tokenizer, examples["text"], examples["label"], ft, self.cfg.trainer,
-                              rng=self.cfg.rng, logger=logger, prefix=prefix, monitor=monitor,
-                              head=self.cfg.model.head)
+        return fit_classifier(model, tokenizer, examples["text"], examples["label"], ft, self.opts.trainer,
+                              rng=self.opts.rng, logger=logger, prefix=prefix, monitor=monitor,
+                              head=self.opts.model.head)
 
     # -- examples -----------------------------------------------------------------
     def true_examples(self, ds, idx=None) -> dict:
@@ -78,8 +79,7 @@ class ClassificationTask(Task):
         from src.training import logits_fn, predict
 
         texts = seed["text"]
-        kw = dict(batch_size=self.cfg.gradient.batch_size, max_length=self.cfg.model.max_length,
-                  trainer_cfg=self.cfg.trainer)
+        kw = dict(batch_size=self.opts.batch_size, max_length=self.opts.model.max_length, trainer=self.opts.trainer)
         lf = predict(pair.load(1.0), pair.tokenizer, texts, logits_fn, **kw)["logits"].log_softmax(-1)
         l0 = predict(pair.load(0.0), pair.tokenizer, texts, logits_fn, **kw)["logits"].log_softmax(-1)
         y = lf.argmax(-1)
@@ -95,12 +95,12 @@ class ClassificationTask(Task):
         texts = seed[rows.start:rows.stop]["text"]
         return list(zip(texts, autolabels["labels"][rows.start:rows.stop].tolist()))
 
-    def gradient_spec(self, pair, seed, autolabels: dict, alphas) -> GradientSpec:
+    def gradient_spec(self, pair, seed, autolabels: dict, alphas, gradient: GradientOptions) -> GradientSpec:
         """The head's gradient (p − e_y)[h; 1]ᵀ at the pooled input, by a dense JL map (``projector``)."""
         head = pair.head_name
         with_bias = pair.head.bias is not None
-        projector = instantiate(self.cfg.projector)(in_dim=pair.head_delta().numel(), d=self.cfg.d)
-        return GradientSpec(items=self.gradient_items, collate=TextCollate(pair.tokenizer, self.cfg.model.max_length),
+        projector = make_projector(gradient.projector, in_dim=pair.head_delta().numel(), d=gradient.d)
+        return GradientSpec(items=self.gradient_items, collate=TextCollate(pair.tokenizer, self.opts.model.max_length),
                             positions=functools.partial(pooled_positions, head=head), head=head, projector=projector,
                             target=projected_target(pair.state0, pair.statef, head, projector, with_bias),
                             with_bias=with_bias, key=self.fields())
@@ -109,6 +109,6 @@ class ClassificationTask(Task):
     def evaluate(self, model, tokenizer, test) -> dict:
         from src.training import accuracy
 
-        acc = accuracy(model, tokenizer, test["text"], test["label"], batch_size=self.cfg.retrain.eval_batch_size,
-                       max_length=self.cfg.model.max_length, trainer_cfg=self.cfg.trainer)
+        acc = accuracy(model, tokenizer, test["text"], test["label"], batch_size=self.opts.eval_batch_size,
+                       max_length=self.opts.model.max_length, trainer=self.opts.trainer)
         return {"accuracy": acc}

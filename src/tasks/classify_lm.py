@@ -18,10 +18,10 @@ import logging
 
 import torch
 
+from src.collate import LabelWordCollate
 from src.errors import UserError
 from src.gradients.last_layer import answer_logits
 from src.tasks.causal import CausalLMTask
-from src.tasks.collate import LabelWordCollate
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ class ClassifyLMTask(CausalLMTask):
     eos = False                # the response is the label word's token alone
     keep_prompt_end = True     # a long text loses its start, never the cue the label word follows
 
-    def __init__(self, cfg, classes=()):
-        super().__init__(cfg, classes)
-        dataset = cfg.get("dataset") or {}  # none in recover mode: label words from class names
-        self.words = list(dataset.get("label_words") or [default_label_word(c) for c in self.classes])
+    def __init__(self, opts, classes=()):
+        super().__init__(opts, classes)
+        # No dataset (recover mode) or none named: label words from the class names.
+        self.words = list(opts.label_words or [default_label_word(c) for c in self.classes])
         if self.classes and len(self.words) != len(self.classes):
             raise UserError(f"dataset.label_words has {len(self.words)} words for {len(self.classes)} classes "
                             f"{self.classes}")
-        self.template = dataset.get("lm_prompt") or cfg.classify_lm.prompt
+        self.template = opts.lm_prompt
 
     def fields(self) -> dict:
         return {"classes": self.classes, "label_words": self.words, "prompt": self.template}
@@ -101,7 +101,7 @@ class ClassifyLMTask(CausalLMTask):
     # -- forward passes -------------------------------------------------------------
     def _label_logp(self, model, tokenizer, texts) -> torch.Tensor:
         """[n, C]: log p(label word of class c | prompt), normalised over the whole vocabulary."""
-        tokens, head = self.label_tokens(tokenizer), self.cfg.model.head
+        tokens, head = self.label_tokens(tokenizer), self.opts.model.head
 
         def fn(m, batch):
             return {"lp": answer_logits(m, batch, head).log_softmax(-1)[:, tokens.to(batch["input_ids"].device)]}
@@ -109,7 +109,7 @@ class ClassifyLMTask(CausalLMTask):
         from src.training import run_predict
 
         return run_predict(model, [(t, None) for t in texts], self.collate(tokenizer), fn,
-                           batch_size=self.cfg.gradient.batch_size, trainer_cfg=self.cfg.trainer)["lp"]
+                           batch_size=self.opts.batch_size, trainer=self.opts.trainer)["lp"]
 
     def autolabel(self, pair, seed) -> dict:
         lf = self._label_logp(pair.load(1.0), pair.tokenizer, seed["text"])
@@ -117,7 +117,7 @@ class ClassifyLMTask(CausalLMTask):
         y = lf.argmax(-1)
         # The texts' own token statistics too: full finetuning moves the body, so θf has learned the true
         # texts' words as well as their label words (and θ0's text NLL is the novelty detector).
-        stats = self.text_stats(pair, [(None, t) for t in seed["text"]], self.cfg.gradient.batch_size)
+        stats = self.text_stats(pair, [(None, t) for t in seed["text"]], self.opts.batch_size)
         # θf's and θ0's label-word distributions: KL(θf ‖ θ0) over the C label words (each renormalised).
         pf, p0 = lf.log_softmax(-1), l0.log_softmax(-1)
         kl = (pf.exp() * (pf - p0)).sum(-1)

@@ -45,7 +45,7 @@ class LMTask(CausalLMTask):
     def autolabel(self, pair, seed) -> dict:
         """Mean token log-likelihood of every seed document under θf and θ0 (no labels to make), with the
         documents' two-model token statistics (``text_stats``) from the same two passes."""
-        out = self.text_stats(pair, self._items(seed["text"]), self.cfg.gradient.batch_size)
+        out = self.text_stats(pair, self._items(seed["text"]), self.opts.batch_size)
         return {"logp_f": -out["stat_nll_f"], "logp_0": -out["stat_nll_0"], **out}
 
     def describe_autolabels(self, autolabels: dict, data) -> str:
@@ -61,5 +61,5 @@ class LMTask(CausalLMTask):
     # -- evaluation -----------------------------------------------------------------
     def evaluate(self, model, tokenizer, test) -> dict:
         """Perplexity of the held-out true documents: exp(total NLL / predicted tokens), EOS included."""
-        s = self._nll(model, tokenizer, self._items(list(test["text"])), self.cfg.retrain.eval_batch_size)
+        s = self._nll(model, tokenizer, self._items(list(test["text"])), self.opts.eval_batch_size)
         return {"perplexity": math.exp(float(s["nll"].sum() / s["n"].sum()))}

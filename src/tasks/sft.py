@@ -18,7 +18,7 @@ class SFTTask(CausalLMTask):
     seed_columns = ("prompt",)  # θf answers each seed row's prompt
 
     def fields(self) -> dict:
-        return {"generation": self.cfg.get("generation")}
+        return {"generation": self.opts.generation}
 
     # -- examples -----------------------------------------------------------------
     def true_examples(self, ds, idx=None) -> dict:
@@ -37,22 +37,22 @@ class SFTTask(CausalLMTask):
     # -- autolabel ------------------------------------------------------------------
     def _scores(self, model, tok, prompts, responses) -> torch.Tensor:
         """Mean token log-likelihood of each response given its prompt."""
-        s = self._nll(model, tok, list(zip(prompts, responses)), self.cfg.gradient.batch_size)
+        s = self._nll(model, tok, list(zip(prompts, responses)), self.opts.batch_size)
         return -s["nll"] / s["n"].clamp_min(1)
 
     @torch.no_grad()
     def generate(self, model, tok, prompts: list[str]) -> list[str]:
         """Batched decoding from θf (``generation.do_sample``: seeded sampling, or greedy), left-padded
         as decoder-only generation needs."""
-        g = self.cfg.generation
+        g = self.opts.generation
         model.eval()
         tok.padding_side = "left"
-        out, gen = [], torch.Generator().manual_seed(self.cfg.rng)
+        out, gen = [], torch.Generator().manual_seed(self.opts.rng)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # sampling is seeded too
         try:
             for i in tqdm(range(0, len(prompts), g.batch_size), desc="autolabel: generating", leave=False):
                 enc = tok(prompts[i:i + g.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-                room = self.cfg.model.max_length - enc["input_ids"].shape[1]
+                room = self.opts.model.max_length - enc["input_ids"].shape[1]
                 new = model.generate(**enc, max_new_tokens=max(1, min(g.max_new_tokens, room)), do_sample=g.do_sample,
                                      temperature=g.temperature if g.do_sample else None,
                                      top_p=g.top_p if g.do_sample else None, pad_token_id=tok.pad_token_id)
@@ -79,5 +79,5 @@ class SFTTask(CausalLMTask):
     # -- evaluation -----------------------------------------------------------------
     def evaluate(self, model, tokenizer, test) -> dict:
         """Perplexity of the held-out true responses: exp(total response NLL / response tokens)."""
-        s = self._nll(model, tokenizer, list(zip(test["prompt"], test["response"])), self.cfg.retrain.eval_batch_size)
+        s = self._nll(model, tokenizer, list(zip(test["prompt"], test["response"])), self.opts.eval_batch_size)
         return {"perplexity": math.exp(float(s["nll"].sum() / s["n"].sum()))}

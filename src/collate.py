@@ -1,5 +1,6 @@
 """Collates: a list of work items → a batch of tensors. Classes, not closures, so a gradient spec that
-holds one pickles (DDP workers), and free of Lightning, so the tasks import them cheaply.
+holds one pickles (DDP workers), and free of Lightning, so the tasks import them cheaply. Below both
+the tasks and the training loop (``src.training``), which each use them.
 
 - ``TextCollate``: (text, label or None) for sequence classifiers (the tokenizer pads and truncates).
 - ``PromptResponseCollate``: the one right-padding collate of every causal-LM task.
