@@ -1,5 +1,7 @@
 """The recovery benchmark's own arithmetic: candidate sets at a planted share, each selector on its own
 gradients, and the tables (no model is run here; `make bench-recovery` runs the worlds)."""
+import json
+
 import pytest
 import torch
 
@@ -57,6 +59,24 @@ def test_confounded_worlds_are_named():
     flags = confounds(summarise(rows))
     assert len(flags) == 1 and "length 0.300 vs random 0.070" in flags[0] and "held-out" in flags[0]
     assert "CONFOUNDED" in format_tables(summarise(rows), [0.07])
+
+
+def test_the_markdown_cli_prints_the_give_aways_of_its_own_seeds_only(tmp_path, capsys):
+    from src.bench.recovery_report import main
+
+    # length is a give-away on the dev seeds (0-2) only
+    rows = [{"lm": "m", "text": "t", "task": "lm", "variant": "default", "selector": s, "share": 0.07, "k": 100,
+             "rng": r, "precision": p, "trained": 0, "unseen": 0}
+            for s, ps in (("random", (0.07, 0.08, 0.06, 0.07, 0.08, 0.06)), ("length", (0.30, 0.28, 0.32, 0.07, 0.06, 0.08)))
+            for r, p in zip(range(6), ps)]
+    path = tmp_path / "recovery.json"
+    path.write_text(json.dumps({"rows": rows}))
+    main([str(path), "--split", "dev"])
+    out = capsys.readouterr().out
+    assert "CONFOUNDED m, t, task=lm (dev seeds): length 0.300" in out and "held-out seeds" not in out
+    main([str(path), "--split", "held-out"])
+    out = capsys.readouterr().out
+    assert "CONFOUNDED" not in out and "No world confounded on the held-out seeds" in out
 
 
 def test_each_selector_scores_on_the_gradients_its_config_names():
