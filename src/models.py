@@ -156,14 +156,6 @@ class ModelPair:
     def head(self) -> torch.nn.Module:
         return get_module(self.model, self.head_name)
 
-    def head_delta(self) -> torch.Tensor:
-        """θf − θ0 restricted to the last layer, flattened like the gradient rows: row c = [ΔW_c, Δb_c] (the
-        layout of ``src.gradients.last_layer.flat_layer``, which the gradient code builds on this module)."""
-        w, b = f"{self.head_name}.weight", f"{self.head_name}.bias"
-        dw = self.statef[w] - self.state0[w]
-        db = (self.statef[b] - self.state0[b]) if b in self.state0 else None
-        return (torch.cat([dw, db[:, None]], dim=1) if db is not None else dw).float().reshape(-1)
-
     def fresh(self, alpha: float = 0.0) -> torch.nn.Module:
         """An independent copy of θ̂_α (for retraining, which must not touch the pair)."""
         import copy

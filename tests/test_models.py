@@ -4,6 +4,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from src.errors import UserError
+from src.gradients.last_layer import flat_layer, layer_delta
 from src.models import ModelPair, check_compatible, checkpoint_alphas, interpolate
 
 
@@ -50,4 +51,5 @@ def test_pair_load_and_fresh_copy():
     torch.testing.assert_close(copy.classifier.weight, m0.classifier.weight)
     copy.classifier.weight.data.add_(1.0)  # training the copy must not touch the pair
     torch.testing.assert_close(pair.model.classifier.weight, mf.classifier.weight)
-    assert pair.head_delta().shape == (3 * 17,)
+    # the head's delta in the gradient rows' layout: 3 classes x (16 inputs + bias)
+    assert flat_layer(*layer_delta(pair.state0, pair.statef, "classifier", with_bias=True)).shape == (3 * 17,)

@@ -99,7 +99,8 @@ class ClassificationTask(Task):
         """The head's gradient (p − e_y)[h; 1]ᵀ at the pooled input, by a dense JL map (``projector``)."""
         head = pair.head_name
         with_bias = pair.head.bias is not None
-        projector = make_projector(gradient.projector, in_dim=pair.head_delta().numel(), d=gradient.d)
+        in_dim = pair.head.weight.numel() + (pair.head.bias.numel() if with_bias else 0)  # a row: [W_c, b_c] per class
+        projector = make_projector(gradient.projector, in_dim=in_dim, d=gradient.d)
         return GradientSpec(items=self.gradient_items, collate=TextCollate(pair.tokenizer, self.opts.model.max_length),
                             positions=functools.partial(pooled_positions, head=head), head=head, projector=projector,
                             target=projected_target(pair.state0, pair.statef, head, projector, with_bias),
