@@ -190,6 +190,19 @@ def test_class_balance_on_a_task_without_classes_fails_before_any_compute(task):
     preflight(rest, build_selectors(rest.selectors))  # the rest passes
 
 
+def test_auto_balance_is_classes_with_class_autolabels_and_plain_without():
+    G, t = rand(2, 60, 6, seed=9)
+    labels = torch.tensor([0] * 30 + [1] * 25 + [2] * 5)
+    kw = dict(n_seed=60, logp_f=torch.zeros(60), logp_0=torch.zeros(60), grads=G, target=t)
+    with_classes = SelectionContext(labels=labels, **kw)
+    without = SelectionContext(labels=None, **kw)
+    assert not SelectSelector(balance="auto").needs_classes  # so preflight keeps it on lm and sft
+    assert SelectSelector(balance="auto")(with_classes, 18).indices.tolist() \
+        == SelectSelector(balance="classes")(with_classes, 18).indices.tolist()
+    assert SelectSelector(balance="auto")(without, 18).indices.tolist() \
+        == SelectSelector(balance="none")(without, 18).indices.tolist()
+
+
 def test_prefilter_runs_greedy_on_the_top_rows_of_a_statistic():
     G, t = rand(2, 40, 6, seed=4)
     labels = torch.tensor([0, 1] * 20)

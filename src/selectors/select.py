@@ -26,9 +26,11 @@ Choices the paper leaves open are config options (defaults in conf/selector/sele
   seed example shares (e.g. the LM head's push towards frequent tokens) then neither scores
   nor fills the running sum; only what sets an example apart from the corpus does.
 
-- ``balance``: ``none``, or ``classes``: an equal share of the k picks per autolabel class (a class with too
+- ``balance``: ``none``, ``classes``: an equal share of the k picks per autolabel class (a class with too
   few rows gives what it cannot fill to the others), each share picked by greedy within its class, so a
-  class whose gradients dominate the target cannot take every pick (label-word and fresh-head tasks).
+  class whose gradients dominate the target cannot take every pick (label-word and fresh-head tasks),
+  or ``auto``: ``classes`` where the task has class autolabels and ``none`` where it has none (lm, sft), so
+  one selector config serves every task.
   The objective then reported is the formula above for the union of the picks, in pick order. With
   ``center``, each class's greedy centres on its own class mean.
 
@@ -69,7 +71,7 @@ def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "pe
                   center=center, **kw)
 
 
-BALANCE = ("none", "classes")
+BALANCE = ("none", "classes", "auto")
 
 
 def class_quotas(labels: torch.Tensor, k: int) -> dict[int, int]:
@@ -154,7 +156,7 @@ class SelectSelector(Selector):
         labels = ctx.labels
         if pool is not None:  # greedy on the pool's rows; its picks map back to corpus rows below
             rows, labels = SubsetRows(rows, pool), None if labels is None else labels[pool]
-        if self.balance == "classes":
+        if self.balance == "classes" or (self.balance == "auto" and labels is not None):
             if labels is None:
                 raise UserError(f"{self.name}: balance=classes needs class autolabels; this task has none")
             # One greedy over every row, each class capped at its quota: the objective, rank and trace
