@@ -43,3 +43,15 @@ def test_an_unknown_option_in_a_group_is_named():
 def test_keys_hash_the_option_values():
     a = GradientOptions(d=16)
     assert stable_hash(a) == stable_hash(GradientOptions(d=16)) != stable_hash(replace(a, d=32))
+
+
+def test_whole_model_selector_at_theta0_takes_its_gradients_on_the_theta0_grid():
+    from src.models import checkpoint_alphas
+    from src.selectors.registry import build_selectors
+
+    opts = run_options(compose_cfg(["task=classify_lm", "P=3", "baselines=[select_layers_theta0]"]))
+    sel = build_selectors(opts.selectors)["select_layers_theta0"]
+    g = opts.gradient.with_selector(dict(sel.gradients))
+    assert (g.layers, g.checkpoints, g.P, g.precondition) == ("all", "theta_0", 1, "none")
+    assert checkpoint_alphas(g.P, g.checkpoints) == [0.0]  # the gradients of θ0 itself
+    assert opts.gradient.checkpoints == "theta_f" and opts.gradient.P == 3  # the run's own are untouched
