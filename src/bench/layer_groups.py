@@ -77,10 +77,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     offline_env()
 
-    from src.bench.recovery import candidates, world_overrides
+    from src.bench.recovery import candidates, load_world, world_overrides
     from src.config import compose_config, run_options
     from src.gradients.layers import choose_layers, layer_projectors
-    from src.stages import autolabel, gradients, load_models, load_task_data
+    from src.stages import gradients
 
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -88,11 +88,7 @@ def main(argv=None) -> None:
     for lm, text, task_name, rng in itertools.product(args.lms, args.texts, args.tasks, args.seeds):
         opts = run_options(compose_config(world_overrides(lm, task_name, rng, args.n_other, args.n_plant, text,
                                                           args.n_train) + list(args.overrides)))
-        data, task = load_task_data(opts)
-        pair = load_models(opts, data, task)
-        labels = autolabel(opts, pair, data, task)
-        leaked, unseen = torch.tensor(data.seed["leaked"]), torch.tensor(data.seed["unseen"])
-        match = [[len(t) for t in data.seed["text"]]] + ([labels["stat_nll_0"]] if "stat_nll_0" in labels else [])
+        data, task, pair, labels, leaked, unseen, match = load_world(opts)
         head = opts.task.model.head
         names = choose_layers(pair.model, "all", head)
         sizes = [p.d for p in layer_projectors(pair.model, names, args.layer_d, int(opts.gradient.projector.seed)).values()]

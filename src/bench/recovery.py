@@ -148,13 +148,12 @@ def candidates(leaked, unseen, share: float, rng: int, features=None):
     return torch.cat([other, *picked]).sort().values, n
 
 
-def score_world(opts, selectors: dict, variants: dict, shares, log=print) -> list[dict]:
-    """Every (variant, selector, share) of one world: precision@k and the planted kinds picked."""
+def load_world(opts):
+    """One world's cached stages: (data, task, pair, labels, leaked, unseen, match), where ``leaked`` and
+    ``unseen`` mark the planted rows of each kind and ``match`` is what ``candidates`` matches them on."""
     import torch
 
-    from src.selectors.base import SelectionContext
-    from src.selectors.rows import TensorRows
-    from src.stages import autolabel, gradients, load_models, load_task_data
+    from src.stages import autolabel, load_models, load_task_data
 
     data, task = load_task_data(opts)
     pair = load_models(opts, data, task)
@@ -163,6 +162,16 @@ def score_world(opts, selectors: dict, variants: dict, shares, log=print) -> lis
     # What the candidates are matched on: length and, where the task scores the text under θ0, its novelty
     # to θ0 (planted topics can be rarer text for θ0 without any finetuning: species names, say).
     match = [[len(t) for t in data.seed["text"]]] + ([labels["stat_nll_0"]] if "stat_nll_0" in labels else [])
+    return data, task, pair, labels, leaked, unseen, match
+
+
+def score_world(opts, selectors: dict, variants: dict, shares, log=print) -> list[dict]:
+    """Every (variant, selector, share) of one world: precision@k and the planted kinds picked."""
+    from src.selectors.base import SelectionContext
+    from src.selectors.rows import TensorRows
+    from src.stages import gradients
+
+    data, task, pair, labels, leaked, unseen, match = load_world(opts)
     out = []
     for vname, (vopts, names) in variants.items():
         G, target = gradients(opts, pair, data, labels, task, vopts.gradient)
