@@ -25,6 +25,20 @@ def test_random_is_seeded_and_distinct():
     assert len(set(a.indices.tolist())) == 10
 
 
+def test_random_balanced_draws_select_balanceds_quotas():
+    from src.selectors.select import class_quotas
+
+    c = ctx(N=30)
+    sel = RandomSelector(balance="classes", name="random_balanced")
+    a, b = sel(c, 9), sel(c, 9)
+    assert a.indices.tolist() == b.indices.tolist() and len(set(a.indices.tolist())) == 9
+    counts = torch.bincount(c.labels[a.indices], minlength=3).tolist()
+    assert counts == [class_quotas(c.labels, 9).get(k, 0) for k in range(3)]
+    assert sel.needs_classes and not RandomSelector().needs_classes
+    with pytest.raises(UserError, match="balance"):
+        RandomSelector(balance="classs")
+
+
 def test_likelihood_picks_most_confident():
     c = ctx()
     idx = LikelihoodSelector()(c, 5).indices
