@@ -45,6 +45,22 @@ def test_likelihood_picks_most_confident():
     assert set(idx.tolist()) == set(torch.topk(c.logp_f, 5).indices.tolist())
 
 
+def test_likelihood_balanced_takes_the_most_confident_rows_of_each_class_at_the_quotas():
+    from src.selectors.select import class_quotas
+
+    c = ctx(N=30)
+    sel = LikelihoodSelector(balance="classes", name="likelihood_balanced")
+    idx = sel(c, 9).indices
+    quotas = class_quotas(c.labels, 9)
+    for cls in range(3):
+        rows = torch.nonzero(c.labels == cls)[:, 0]
+        best = rows[torch.topk(c.logp_f[rows], quotas.get(cls, 0)).indices]
+        assert set(idx[c.labels[idx] == cls].tolist()) == set(best.tolist())
+    assert sel.needs_classes and not LikelihoodSelector().needs_classes
+    with pytest.raises(UserError, match="balance"):
+        LikelihoodSelector(balance="class")
+
+
 def test_likelihood_ratio_picks_largest_gain():
     c = ctx()
     idx = LikelihoodRatioSelector()(c, 5).indices

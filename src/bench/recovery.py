@@ -55,7 +55,8 @@ TEXTS = sorted({t for t, _ in SEEDS})
 TASKS = sorted({k for _, k in SEEDS})
 # Two-model token statistics (src/scores/token_stats.py); token_ratio is likelihood_ratio itself on task=lm.
 TOKEN_STATS = ("token_ratio", "ez_ratio", "mink_ratio", "label_kl")
-SELECTORS = ("random", *DETECTORS, "topk", "likelihood", "likelihood_ratio", *TOKEN_STATS, "select_paper",
+SELECTORS = ("random", *DETECTORS, "topk", "likelihood", "likelihood_balanced", "random_balanced",
+             "likelihood_ratio", *TOKEN_STATS, "select_paper",
              "select_centered", "select", "select_balanced", "topk_layers", "select_layers", "select_layers_balanced",
              "select_layers_theta0", "select_fused",
              "select_balanced_fused")
