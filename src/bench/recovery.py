@@ -57,7 +57,7 @@ TASKS = sorted({k for _, k in SEEDS})
 TOKEN_STATS = ("token_ratio", "ez_ratio", "mink_ratio", "label_kl")
 SELECTORS = ("random", *DETECTORS, "topk", "likelihood", "likelihood_balanced", "random_balanced",
              "likelihood_ratio", *TOKEN_STATS, "select_paper",
-             "select_centered", "select", "select_balanced", "topk_layers", "select_layers", "select_layers_balanced",
+             "select_centered", "select_shared", "select", "select_balanced", "topk_layers", "select_layers", "select_layers_balanced",
              "select_layers_theta0", "select_fused",
              "select_balanced_fused")
 # Gradient variants for the diagnostics: (name, overrides). Each keys its own store; θf and autolabels are shared.

@@ -34,6 +34,11 @@ Choices the paper leaves open are config options (defaults in conf/selector/sele
   The objective then reported is the formula above for the union of the picks, in pick order. With
   ``center``, each class's greedy centres on its own class mean.
 
+- ``shared``: ``none``, ``drop`` or ``ridge``: first down-weight the ``shared_rank`` directions that
+  hold most of every candidate's gradient (removed, or TRAK-style whitened with ``shared_ridge``),
+  in the rows and the target alike (src/selectors/shared.py). Measured: it lowers recovery on the
+  SmolLM2 label-word world (docs/results.md), so it is off by default.
+
 - ``method``: ``exact`` (default) scores every candidate at every step, one pass over the matrix
   per pick; for corpora where k passes are too slow, ``batched`` runs exact steps inside a pool of
   the ``pool`` best-scoring rows and one pass per ``batch`` picks (src/selectors/batched.py), and
@@ -54,7 +59,9 @@ import torch
 from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector, state_path
 from src.selectors.greedy import METHODS, MODES, greedy
-from src.selectors.rows import SubsetRows, as_rows
+from src.selectors.rows import SubsetRows, as_rows, checkpoint_mean
+from src.selectors.shared import check_options, shared_map
+
 
 def greedy_select(grads, target: torch.Tensor, k: int, *, running_sum: str = "per_checkpoint",
                   reset_every: int | None = None, normalize: bool = False, center: bool = False, chunk: int = 16384,
@@ -98,7 +105,7 @@ class SelectSelector(Selector):
     def __init__(self, running_sum: str = "per_checkpoint", reset_every: int | None = None, normalize: bool = False,
                  center: bool = False, method: str = "exact", epsilon: float = 0.01, batch: int = 100,
                  pool: int = 1000, balance: str = "none", name: str = "select", prefilter: str | None = None,
-                 prefilter_keep: float = 0.5):
+                 prefilter_keep: float = 0.5, shared: str = "none", shared_rank: int = 16, shared_ridge: float = 1.0):
         # Checked here, when the job's selectors are built, before any data or model is loaded.
         if running_sum not in MODES:
             raise UserError(f"select: running_sum must be one of {list(MODES)}, got '{running_sum}'")
@@ -113,6 +120,9 @@ class SelectSelector(Selector):
         # prefilter: greedy runs on the rows a token statistic ranks in its top ``prefilter_keep`` share only
         # (a fusion of what θf's likelihoods and its gradients say; None = every row).
         self.prefilter, self.prefilter_keep = prefilter, float(prefilter_keep)
+        # shared: down-weight the directions every candidate shares (src/selectors/shared.py) first.
+        check_options(shared, shared_rank, shared_ridge)
+        self.shared = dict(how=shared, rank=int(shared_rank), ridge=float(shared_ridge))
         self.balance = balance
         self.needs_classes = balance == "classes"
         self.name = name  # a variant's config (e.g. select_centered) names its own result row
@@ -124,11 +134,12 @@ class SelectSelector(Selector):
         """The options that define the objective (the rest say only how it is maximised)."""
         return {k: self.kw[k] for k in ("running_sum", "reset_every", "normalize", "center")}
 
-    def _greedy(self, ctx, rows, k, **caps):
-        # The prefilter is part of the checkpoint's key: another statistic keeping as many rows would
-        # otherwise resume from this one's picks.
-        options = {**self.kw, "prefilter": self.prefilter, "prefilter_keep": self.prefilter_keep}
-        return greedy(rows, ctx.target, k, seed=ctx.rng, precision=ctx.precision, progress=ctx.progress,
+    def _greedy(self, ctx, rows, target, k, **caps):
+        # The prefilter and the shared-direction map are part of the checkpoint's key: another statistic
+        # keeping as many rows would otherwise resume from this one's picks.
+        options = {**self.kw, "prefilter": self.prefilter, "prefilter_keep": self.prefilter_keep, **(
+            {"shared": self.shared} if self.shared["how"] != "none" else {})}
+        return greedy(rows, target, k, seed=ctx.rng, precision=ctx.precision, progress=ctx.progress,
                       checkpoint=state_path(ctx, self.name, options), checkpoint_every_s=ctx.checkpoint_every_s,
                       **caps, **self.kw)
 
@@ -156,14 +167,19 @@ class SelectSelector(Selector):
         labels = ctx.labels
         if pool is not None:  # greedy on the pool's rows; its picks map back to corpus rows below
             rows, labels = SubsetRows(rows, pool), None if labels is None else labels[pool]
+        target = ctx.target
+        if self.shared["how"] != "none":  # fitted on the rows greedy scores: the pool, every class
+            if self.kw["running_sum"] == "shared":  # the map is linear: map the checkpoint mean once
+                rows = checkpoint_mean(rows)
+            rows, target = shared_map(rows, target, seed=ctx.rng, **self.shared)
         if self.balance == "classes" or (self.balance == "auto" and labels is not None):
             if labels is None:
                 raise UserError(f"{self.name}: balance=classes needs class autolabels; this task has none")
             # One greedy over every row, each class capped at its quota: the objective, rank and trace
             # reported are those of the greedy that ran.
-            idx, obj = self._greedy(ctx, rows, k, groups=labels, caps=class_quotas(labels, k))
+            idx, obj = self._greedy(ctx, rows, target, k, groups=labels, caps=class_quotas(labels, k))
         else:
-            idx, obj = self._greedy(ctx, rows, k)
+            idx, obj = self._greedy(ctx, rows, target, k)
         if pool is not None:
             idx = pool[idx]
         return Selection(idx, objective=obj, info={"objective_first": float(obj[0]), "objective_last": float(obj[-1]),
