@@ -59,7 +59,7 @@ SELECTORS = ("random", *DETECTORS, "topk", "likelihood", "likelihood_balanced", 
              "likelihood_ratio", *TOKEN_STATS, "select_paper",
              "select_centered", "select_shared", "select", "select_balanced", "topk_layers", "select_layers", "select_layers_balanced",
              "select_layers_theta0", "select_fused",
-             "select_balanced_fused")
+             "select_balanced_fused", "probe_balanced")
 # Gradient variants for the diagnostics: (name, overrides). Each keys its own store; θf and autolabels are shared.
 VARIANTS = {
     "θf, raw": ["checkpoints=theta_f", "P=1", "gradient.precondition=none"],
