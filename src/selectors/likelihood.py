@@ -7,6 +7,7 @@ baseline a class-balanced gradient selector has to beat, not plain likelihood, w
 """
 from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector, top_indices
+from src.selectors.topk_balanced import balanced_top  # the quota logic select_balanced uses
 
 
 class LikelihoodSelector(Selector):
@@ -24,6 +25,4 @@ class LikelihoodSelector(Selector):
             return Selection(top_indices(ctx.logp_f, k))
         if ctx.labels is None:
             raise UserError("likelihood_balanced needs class autolabels; this task has none (use likelihood)")
-        from src.selectors.topk_balanced import balanced_top  # the quota logic select_balanced uses
-
         return Selection(balanced_top(ctx.logp_f, ctx.labels, k))

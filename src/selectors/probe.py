@@ -23,6 +23,7 @@ from src.errors import UserError
 from src.selectors.base import Selection, SelectionContext, Selector
 from src.selectors.rows import as_rows, checkpoint_mean
 from src.selectors.select import class_quotas
+from src.selectors.topk_balanced import balanced_top
 
 FUSE = ("rank_average", "probe")
 
@@ -50,7 +51,8 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, l2: float = 1.0, iters: int =
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """0 for the highest score; ties keep row order (stable)."""
+    """0 for the highest score; ties keep row order (stable). Integers, unlike ``fusion.ranks``' [0, 1]
+    fractions, so a sum of two ranks ties exactly where the integer sums do."""
     r = torch.empty(len(x), dtype=torch.long)
     r[torch.argsort(-x.double(), stable=True)] = torch.arange(len(x))
     return r
@@ -93,29 +95,29 @@ class ProbeSelector(Selector):
         quotas = class_quotas(labels, k)
         conf, gen = ctx.logp_f.cpu(), torch.Generator().manual_seed(int(ctx.rng))
         classes = sorted(quotas)
+        members = {c: torch.nonzero(labels == c)[:, 0] for c in classes}
         W = torch.zeros(len(classes), rows.shape[2], dtype=torch.float64)
         B = torch.zeros(len(classes), dtype=torch.float64)
         for i, c in enumerate(classes):
-            members = torch.nonzero(labels == c)[:, 0]
-            if quotas[c] >= len(members):  # the class gives every row: nothing to rank
+            if quotas[c] >= len(members[c]):  # the class gives every row: nothing to rank
                 continue
-            ids, y = self._training_rows(conf, members, quotas[c], gen)
+            ids, y = self._training_rows(conf, members[c], quotas[c], gen)
             X = rows.gather(ids.sort().values)[0].double()
             X = X[torch.argsort(ids).argsort()]  # gather returns rows in sorted order: back to ``ids`` order
             W[i], B[i] = fit_logistic(X / X.norm(dim=1, keepdim=True).clamp_min(1e-30), y, self.l2)
-        column = torch.as_tensor([classes.index(int(c)) if int(c) in quotas else 0 for c in labels])
+        # Each row's probe is its class's (a class without quota has no picks: any probe will do).
+        lookup = torch.zeros(int(labels.max()) + 1, dtype=torch.long)
+        lookup[torch.as_tensor(classes)] = torch.arange(len(classes))
+        column = lookup[labels]
         probe = torch.empty(N, dtype=torch.float64)
         for _, lo, blk in rows.blocks():  # one pass: each row scored by its own class's probe
             b = blk.double().cpu()
             s = (b / b.norm(dim=1, keepdim=True).clamp_min(1e-30)) @ W.T + B
             probe[lo:lo + len(b)] = s.gather(1, column[lo:lo + len(b), None])[:, 0]
-        picks = []
-        for c, q in quotas.items():
-            members = torch.nonzero(labels == c)[:, 0]
-            if self.fuse == "probe":
-                rank = _ranks(probe[members])
-            else:
-                rank = _ranks(conf[members]) + _ranks(probe[members])
-            picks.append(members[torch.argsort(rank, stable=True)[:q]])
-        return Selection(torch.cat(picks), info={"fuse": self.fuse, "classes": len(quotas)})
-
+        # Within-class ranks (integers, so equal rank sums tie exactly and fall to row order), negated so
+        # higher is better, then each class's quota by balanced_top, as likelihood_balanced picks.
+        fused = torch.zeros(N, dtype=torch.float64)
+        for c, m in members.items():
+            rank = _ranks(probe[m]) if self.fuse == "probe" else _ranks(conf[m]) + _ranks(probe[m])
+            fused[m] = -rank.double()
+        return Selection(balanced_top(fused, labels, k), info={"fuse": self.fuse, "classes": len(quotas)})

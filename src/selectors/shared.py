@@ -76,10 +76,9 @@ class MappedRows(Rows):
 
 def shared_map(rows: Rows, target: torch.Tensor, how: str, rank: int, ridge: float, seed: int = 0):
     """(rows, target) with the shared directions down-weighted as ``how`` says (``none``: unchanged)."""
+    check_options(how, rank, ridge)
     if how == "none":
         return rows, target
-    if how not in SHARED:
-        raise UserError(f"shared must be one of {list(SHARED)}, got '{how}'")
     d = rows.shape[2]
     rank = min(int(rank), d)
     V, ev, mean_sq = top_directions(rows, rank, seed=seed)
