@@ -114,3 +114,14 @@ def test_markdown_table_bolds_the_best_selector_per_world():
             for s, ps in (("random", (0.1, 0.1)), ("select", (0.5, 0.7))) for r, p in zip((3, 4), ps)]
     table = markdown(summarise(rows))
     assert "| m, t, lm |" in table and "| select | **0.600 ± 0.141** |" in table and "| random | 0.100 ± 0.000 |" in table
+
+
+def test_seeds_six_to_eight_are_their_own_split():
+    from src.bench.recovery_report import split_of
+
+    assert [split_of(r) for r in (0, 2, 3, 5, 6, 8, 9)] == ["dev", "dev", "held-out", "held-out", "fresh", "fresh", "dev"]
+    rows = [{"lm": "m", "text": "t", "task": "lm", "variant": "default", "selector": "random", "share": 0.07, "k": 100,
+             "rng": r, "precision": 0.1 * r, "trained": 0, "unseen": 0} for r in (3, 6, 7)]
+    by_split = {r["split"]: r for r in summarise(rows)}
+    assert by_split["held-out"]["n_seeds"] == 1 and by_split["fresh"]["seeds"] == [6, 7]
+    assert abs(by_split["fresh"]["precision_mean"] - 0.65) < 1e-9

@@ -19,7 +19,7 @@ NLL of the text (novelty). Each selector picks k = the number planted; its preci
 (= recall) is the share of its picks that are planted. Give-away detectors (``length``, ``novelty``: θ0's
 NLL) know nothing of θf; a world where one differs from random by more than one standard deviation is
 flagged CONFOUNDED in the output. Seeds 0–2 are development seeds (defaults were chosen on them), 3–5
-held out; the tables report each set on its own.
+held out, 6–8 fresh (for options first seen on 3–5); the tables report each set on its own.
 
 Writes ``<out>/<time>/recovery.json`` (every number) and ``summary.txt`` (the tables).
 """
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from src.bench.common import offline_env
-from src.bench.recovery_report import DETECTORS, HELDOUT, format_tables, summarise
+from src.bench.recovery_report import DETECTORS, FRESH, HELDOUT, format_tables, summarise
 
 # Per base LM: the finetuning recipe, and the true rows θf is finetuned on per (text, task). SmolLM2 is a
 # real pretrained LM: full finetuning at the small LM's 1e-3 would wreck it, so it uses the paper's 1e-4.
@@ -229,7 +229,7 @@ def main(argv=None) -> None:
     ap.add_argument("--texts", nargs="+", default=list(TEXTS), choices=TEXTS)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5],
-                    help=f"random seeds; {list(HELDOUT)} are reported as held out")
+                    help=f"random seeds; {list(HELDOUT)} are reported as held out, {list(FRESH)} as fresh")
     ap.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.07, 0.20])
     ap.add_argument("--n-other", type=int, default=2500, help="other-topic seed rows (before the length-matched draw)")
     ap.add_argument("--n-plant", type=int, default=500, help="planted rows available (half trained, half unseen)")
