@@ -14,6 +14,7 @@ bench's (``src/bench/recovery.py``) and come from the same caches.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -21,10 +22,12 @@ from pathlib import Path
 import torch
 
 from src.bench.common import offline_env
+from src.bench.recovery import candidates, load_world, world_arguments, world_overrides
 
-FEATURES = {"head": ["gradient.precondition=none"],
-            "all": ["gradient.precondition=none", "gradient.layers=all", "gradient.layer_norm=unit",
-                    "gradient.layer_weights=equal"]}
+# Gradient options per feature set, on top of the world's own (``GradientOptions.with_selector``): the
+# last-layer rows select_balanced reads and the whole-model rows select_layers reads.
+FEATURES = {"head": {"precondition": "none"},
+            "all": {"precondition": "none", "layers": "all", "layer_norm": "unit", "layer_weights": "equal"}}
 
 
 def cv_scores(X: torch.Tensor, y: torch.Tensor, folds: int = 5, l2: float = 0.01, seed: int = 0) -> torch.Tensor:
@@ -62,9 +65,7 @@ def hits(score: torch.Tensor, planted: torch.Tensor, labels: torch.Tensor, quota
     return oracle, balanced
 
 
-def world_ceiling(opts, base: list[str], features: list[str], shares, folds: int = 5) -> list[dict]:
-    from src.bench.recovery import candidates, load_world
-    from src.config import compose_config, run_options
+def world_ceiling(opts, features: list[str], shares, folds: int = 5) -> list[dict]:
     from src.selectors.select import class_quotas
     from src.stages import gradients
 
@@ -72,8 +73,8 @@ def world_ceiling(opts, base: list[str], features: list[str], shares, folds: int
     planted = leaked | unseen
     G = {}
     for name in features:  # each feature set keys its own gradient store
-        vopts = run_options(compose_config([*base, *FEATURES[name]]))
-        G[name] = gradients(vopts, pair, data, labels, task, vopts.gradient)[0].float().mean(0)
+        g = opts.gradient.with_selector(FEATURES[name])
+        G[name] = gradients(opts, pair, data, labels, task, g)[0].float().mean(0)
     rows = []
     for share in shares:
         idx, k = candidates(leaked, unseen, share, int(opts.rng), features=match)
@@ -81,11 +82,11 @@ def world_ceiling(opts, base: list[str], features: list[str], shares, folds: int
         quotas = class_quotas(lab, k)
         scores = {"likelihood": labels["logp_f"][idx].double()}
         for name in features:
-            s = torch.zeros(len(idx), dtype=torch.float64)
+            s, feats = torch.zeros(len(idx), dtype=torch.float64), G[name][idx]
             for c in torch.unique(lab).tolist():  # one probe per class, as probe_balanced fits
                 m = torch.nonzero(lab == c)[:, 0]
                 if 2 <= int(pl[m].sum()) <= len(m) - 2:
-                    s[m] = cv_scores(G[name][idx][m], pl[m], min(folds, int(pl[m].sum())), seed=int(opts.rng))
+                    s[m] = cv_scores(feats[m], pl[m], min(folds, int(pl[m].sum())), seed=int(opts.rng))
             scores[f"supervised probe, {name}"] = s
         for name, s in scores.items():
             o, b = hits(s, pl, lab, quotas)
@@ -94,19 +95,9 @@ def world_ceiling(opts, base: list[str], features: list[str], shares, folds: int
 
 
 def main(argv=None) -> None:
-    from src.bench.recovery import WORLDS, world_overrides
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lms", nargs="+", default=["smollm2"], choices=sorted(WORLDS))
-    ap.add_argument("--texts", nargs="+", default=["wordnet"], choices=["wordnet", "fortunes"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[3])
-    ap.add_argument("--shares", type=float, nargs="+", default=[0.07, 0.20])
+    world_arguments(ap, seeds=[3], out="outputs/bench/ceiling")
     ap.add_argument("--features", nargs="+", default=list(FEATURES), choices=list(FEATURES))
-    ap.add_argument("--n-other", type=int, default=1500)
-    ap.add_argument("--n-plant", type=int, default=300)
-    ap.add_argument("--n-train", type=int, default=400)
-    ap.add_argument("--out", default="outputs/bench/ceiling")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every world (e.g. P=1)")
     args = ap.parse_args(argv)
     offline_env()
     from src.config import compose_config, run_options
@@ -114,18 +105,14 @@ def main(argv=None) -> None:
     out = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for lm in args.lms:
-        for text in args.texts:
-            for rng in args.seeds:
-                base = world_overrides(lm, "classify_lm", rng, args.n_other, args.n_plant, text, args.n_train)
-                base += list(args.overrides)
-                for r in world_ceiling(run_options(compose_config(base)), base, args.features, args.shares):
-                    rows.append({"lm": lm, "text": text, "rng": rng, **r})
-                    print(f"{lm} {text} rng={rng} {r['share']:.0%} k={r['k']} {r['score']:<26} oracle counts "
-                          f"{r['oracle_counts']:.3f}  balanced quotas {r['balanced_quotas']:.3f}", flush=True)
-                (out / "ceiling.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    for lm, text, rng in itertools.product(args.lms, args.texts, args.seeds):
+        base = world_overrides(lm, "classify_lm", rng, args.n_other, args.n_plant, text, args.n_train)
+        for r in world_ceiling(run_options(compose_config(base + list(args.overrides))), args.features, args.shares):
+            rows.append({"lm": lm, "text": text, "rng": rng, **r})
+            print(f"{lm} {text} rng={rng} {r['share']:.0%} k={r['k']} {r['score']:<26} oracle counts "
+                  f"{r['oracle_counts']:.3f}  balanced quotas {r['balanced_quotas']:.3f}", flush=True)
+        (out / "ceiling.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     print(f"written to {out}")
-
 
 if __name__ == "__main__":
     main()

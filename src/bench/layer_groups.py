@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from src.bench.common import offline_env
+from src.bench.recovery import candidates, load_world, world_arguments, world_overrides
 
 
 def layer_cosines(rows: torch.Tensor, target: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -62,22 +63,13 @@ def group_scores(cos: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, t
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lms", nargs="+", default=["smollm2"])
-    ap.add_argument("--texts", nargs="+", default=["wordnet"])
+    world_arguments(ap, seeds=[0], out="outputs/bench/layer_groups")
     ap.add_argument("--tasks", nargs="+", default=["classify_lm"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--checkpoints", nargs="+", default=["theta_f", "theta_0"])
-    ap.add_argument("--shares", type=float, nargs="+", default=[0.07, 0.20])
-    ap.add_argument("--n-other", type=int, default=1500)
-    ap.add_argument("--n-plant", type=int, default=300)
-    ap.add_argument("--n-train", type=int, default=400)
     ap.add_argument("--layer-d", type=int, default=256)
-    ap.add_argument("--out", default="outputs/bench/layer_groups")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every world (e.g. P=1)")
     args = ap.parse_args(argv)
     offline_env()
 
-    from src.bench.recovery import candidates, load_world, world_overrides
     from src.config import compose_config, run_options
     from src.gradients.layers import choose_layers, layer_projectors
     from src.stages import gradients

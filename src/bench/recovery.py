@@ -212,6 +212,20 @@ def default_variants(opts, selectors: dict) -> dict:
     return out
 
 
+def world_arguments(ap, seeds: list[int], out: str) -> None:
+    """The world options the diagnostic benches share (layer groups, ceiling): base LMs, texts, seeds,
+    planted shares and this bench's reduced SmolLM2 sizes, an output folder and trailing Hydra overrides."""
+    ap.add_argument("--lms", nargs="+", default=["smollm2"], choices=sorted(WORLDS))
+    ap.add_argument("--texts", nargs="+", default=["wordnet"], choices=TEXTS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    ap.add_argument("--shares", type=float, nargs="+", default=[0.07, 0.20])
+    ap.add_argument("--n-other", type=int, default=1500)
+    ap.add_argument("--n-plant", type=int, default=300)
+    ap.add_argument("--n-train", type=int, default=400)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every world (e.g. P=1)")
+
+
 def applicable(opts, selectors: dict) -> dict:
     """Drop what a task cannot run: class balance without classes, label-word statistics without label
     words, and token_ratio where it is likelihood_ratio itself (task=lm)."""
