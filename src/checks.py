@@ -50,7 +50,14 @@ def preflight(opts: RunOptions, selectors: dict) -> None:
             raise UserError(f"selector(s) {needs_true} pick from the true data, which mode=recover without a "
                             "dataset does not have; drop them from baselines or give dataset=...")
     check_exists(str(model.name_or_path), "model.name_or_path")
-    check_finetuned(model.finetuned, model.head)
+    check_finetuned(model.finetuned, model.head, head_readers(opts, selectors))
+
+
+def head_readers(opts: RunOptions, selectors: dict) -> list[str]:
+    """The selectors that select on the last layer's gradients alone (``gradient.layers=head``): only they
+    need θf to have changed it (an adapter on attention moves the whole-model selectors' target, not theirs)."""
+    return [name for name, s in selectors.items() if s.needs_gradients
+            and str((opts.gradient.with_selector(s.gradients) if s.gradients else opts.gradient).layers) == "head"]
 
 
 def without_classes(opts: RunOptions, selectors: dict) -> list[str]:

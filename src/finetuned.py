@@ -76,20 +76,22 @@ def _adapter_touches(cfg: dict, head: str) -> bool:
     return matches(cfg.get("modules_to_save")) or matches(cfg.get("target_modules"))
 
 
-def check_finetuned(name: str | None, head: str) -> None:
-    """Fail at once on a missing θf path or an adapter that leaves the last layer ``head`` unchanged."""
+def check_finetuned(name: str | None, head: str, head_readers=("the run",)) -> None:
+    """Fail at once on a missing θf path, or an adapter that leaves the last layer ``head`` unchanged when
+    some selector reads that layer's gradients (``head_readers``; whole-model gradients read the others)."""
     if not name:
         return
     check_exists(name, "model.finetuned")
-    if not is_adapter(name):
+    if not is_adapter(name) or not head_readers:
         return
     acfg = json.loads((Path(name) / ADAPTER_CONFIG).read_text())
     if not _adapter_touches(acfg, head):
         targets = acfg.get("target_modules")
         raise UserError(
             f"the adapter at {name} leaves the last layer '{head}' unchanged (it adapts {targets}, "
-            f"modules_to_save={acfg.get('modules_to_save')}), so the target −(θf − θ0) on '{head}' would be zero; "
-            f"train the adapter with '{head}' in target_modules or modules_to_save, or set model.head to a layer it adapts")
+            f"modules_to_save={acfg.get('modules_to_save')}), so the target −(θf − θ0) on '{head}' would be zero "
+            f"for {', '.join(head_readers)}; train the adapter with '{head}' in target_modules or modules_to_save, "
+            f"set model.head to a layer it adapts, or select on the layers it adapts (selector=select_layers)")
 
 
 def merge_adapter(base: torch.nn.Module, path: str) -> dict:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from src.checks import preflight
+from src.checks import head_readers, preflight
 from src.config import run_options, to_plain
 from src.errors import UserError
 from src.metrics import Embedder, ot_distance
@@ -49,7 +49,7 @@ def run(cfg, out_dir: Path, logger=None) -> dict:
     if any(s.name != "expert" for s in selectors.values()):
         check_k(opts.k, len(data.seed))
     with timer("models"):
-        pair = load_models(opts, data, task)
+        pair = load_models(opts, data, task, check_head=bool(head_readers(opts, selectors)))
     with timer("autolabel"):
         labels = autolabel(opts, pair, data, task)
     evaluate = data.task.train is not None

@@ -103,8 +103,9 @@ def base_key(opts: RunOptions) -> str:
     return stable_hash("theta0", t.model, t.base_lm if made else None, t.trainer.precision)
 
 
-def load_models(opts: RunOptions, data: Data, task) -> ModelPair:
-    """θ0 (from the task) and θf (given by path, or finetuned on the true data and cached)."""
+def load_models(opts: RunOptions, data: Data, task, check_head: bool = True) -> ModelPair:
+    """θ0 (from the task) and θf (given by path, or finetuned on the true data and cached). ``check_head``:
+    fail if a given θf left the last layer unchanged (False when no selector reads that layer alone)."""
     model, tok = task.build_base(data.task)
     state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     head, given = opts.task.model.head, opts.task.model.finetuned
@@ -128,7 +129,7 @@ def load_models(opts: RunOptions, data: Data, task) -> ModelPair:
 
         statef = cached(Path(opts.cache_dir) / "thetaf" / f"{key}.safetensors", finetune, "θf")
     check_compatible(state0, statef)
-    if given:
+    if given and check_head:
         check_head_changed(state0, statef, head, given)
     return ModelPair(model=model, tokenizer=tok, state0=state0, statef=statef, head_name=head, key=key)
 

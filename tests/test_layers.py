@@ -99,3 +99,17 @@ def test_layer_gradients_through_the_store_match_the_hooks_on_each_row(tmp_path,
     assert G.shape == (1, 12, 16 * 5) and t.shape == (16 * 5,)
     one = spec(pair.load(1.0), spec.collate(spec.items(data.seed, labels, range(3, 4))))["g"][0]
     torch.testing.assert_close(G[0, 3], one, rtol=1e-4, atol=1e-5)  # batched, sharded = alone
+
+
+def test_a_target_that_is_zero_on_every_chosen_layer_is_an_error():
+    m0 = tiny("gpt2", 0)
+    names = choose_layers(m0, "all", "lm_head")
+    projectors = layer_projectors(m0, names, 12, seed=0)
+    s0 = m0.state_dict()
+    with pytest.raises(UserError, match="identical to θ0 on every layer"):
+        LayersSpec(items=None, collate=None, loss_fn=per_example_nll, names=names, projectors=projectors,
+                   state0=s0, statef=s0, unit=True, weights="equal", key={})
+    sf = {k: v.clone() for k, v in s0.items()}  # one changed layer is enough
+    sf[f"{names[0]}.weight"] += 0.1
+    LayersSpec(items=None, collate=None, loss_fn=per_example_nll, names=names, projectors=projectors,
+               state0=s0, statef=sf, unit=True, weights="equal", key={})

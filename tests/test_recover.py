@@ -113,6 +113,26 @@ def test_adapter_that_leaves_the_last_layer_unchanged_fails_at_once(tiny_cfg, tm
     assert not out.exists() and not (tmp_path / "cache" / "autolabel").exists()
 
 
+def test_an_attention_only_adapter_is_read_by_whole_model_gradients(tiny_cfg, tmp_path):
+    # The head is untouched, so only selectors that read every layer have a target; they run, and pick the
+    # same rows from the adapter as from the same θf merged into a folder.
+    cfg = run_options(tiny_cfg(*TINY_SFT))
+    data, task = load_task_data(cfg)
+    model, _ = task.build_base(data.task)
+    peft = _lora(model, ["c_attn"], tmp_path / "attn_only")
+    peft.merge_and_unload().save_pretrained(tmp_path / "merged")
+    picks = {}
+    for name in ("attn_only", "merged"):
+        res = run(recover_cfg(tmp_path, *SFT_RECOVER, "selector=select_layers", "gradient.layer_d=8",
+                              f"model.finetuned={tmp_path / name}"), tmp_path / f"rec_{name}")
+        assert [r["selector"] for r in res["results"]] == ["select_layers"]
+        picks[name] = read_selection(tmp_path / f"rec_{name}", "select_layers")["row"]
+    assert len(picks["attn_only"]) == 8 and picks["attn_only"] == picks["merged"]
+    with pytest.raises(UserError, match=r"would be zero for select;.*selector=select_layers"):  # the head reader
+        run(recover_cfg(tmp_path, *SFT_RECOVER, "selector=select_layers", "baselines=[select]",
+                        f"model.finetuned={tmp_path / 'attn_only'}"), tmp_path / "mixed")
+
+
 def test_recover_needs_theta_f_and_no_true_data_selectors(tmp_path):
     with pytest.raises(UserError, match="mode=recover needs θf: set model.finetuned"):
         run(recover_cfg(tmp_path), tmp_path / "a")

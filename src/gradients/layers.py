@@ -180,6 +180,9 @@ class LayersSpec:
         self.items, self.collate, self.loss_fn = items, collate, loss_fn
         self.names, self.projectors, self.unit, self.weights, self.key = list(names), projectors, bool(unit), weights, key
         deltas = projected_deltas(state0, statef, self.names, projectors)
+        if all(not bool(deltas[n].any()) for n in self.names):  # a zero target makes every alignment noise
+            raise UserError(f"θf is identical to θ0 on every layer gradient.layers chose ({len(self.names)}: "
+                            f"{self.names[:3]}...), so the target −(θf − θ0) is zero; choose layers θf changed")
         self.target = combine(deltas, self.names, unit=weights == "equal")
         self.d = int(self.target.numel())
 
