@@ -37,7 +37,7 @@ sweep-demo:         ## small multirun (SELECT vs topk/random at d=256,1024; a fe
 report:             ## compare the runs of a sweep (default: newest in outputs/multiruns) -> <sweep>/report/
 	$(PY) -m src.report $(SWEEP)
 
-LM_BASELINES := "baselines=[select_centered,topk,random,likelihood,likelihood_ratio,expert]"
+LM_BASELINES := "baselines=[select,select_centered,topk,random,likelihood,likelihood_ratio,expert]"
 bench-sft:          ## embedded SFT task, 3 random seeds, mean ± std perplexity per selector
 	$(PY) -m src.bench.quality --seeds 0 1 2 --out outputs/bench/sft -- task=sft $(LM_BASELINES)
 

@@ -77,7 +77,7 @@ def _corpus_overrides(corpus, text_field, prompt_field, id_field, out_dir: Path)
 
 
 def recover(base: str, finetuned: str, corpus=None, k: int = 100, *, task: str = "classification", d: int = 4096,
-            P: int = 1, selector: str = "select", baselines=(), head: str | None = None, device: str = "cpu",
+            P: int = 1, selector: str | None = None, baselines=(), head: str | None = None, device: str = "cpu",
             text_field: str = "text", prompt_field: str | None = None, id_field: str | None = None,
             max_examples: int | None = None, classes=None, out_dir: str | None = None,
             cache_dir: str | None = None, overrides=()):
@@ -86,7 +86,9 @@ def recover(base: str, finetuned: str, corpus=None, k: int = 100, *, task: str =
     base: θ0, a conf/model name (``wordnet_lm``, ``minilm``, ``gpt2``) or a model folder / hub id.
     finetuned: θf, a model folder, hub id, or PEFT/LoRA adapter folder (merged onto ``base``).
     corpus: a .jsonl/.csv/.parquet path, a ``datasets.Dataset``, a list of texts, or None for the
-    task's embedded seed corpus. ``prompt_field`` names the prompt column for ``task="sft"``.
+    task's embedded seed corpus. ``selector``: a conf/selector name; None takes the task's default, as the
+    command line does (``select`` for classification, ``select_balanced`` for ``classify_lm``,
+    ``select_layers`` for ``lm``). ``prompt_field`` names the prompt column for ``task="sft"``.
     device: "cpu" or "gpu". ``overrides``: any further Hydra overrides, e.g. ``["dataset=ag_news"]`` to
     also retrain and score each selection on true data. Files go to ``out_dir`` (default
     outputs/recover/<time>): selections/<selector>/selection.{parquet,jsonl}, scores.parquet, results.json.
@@ -100,7 +102,7 @@ def recover(base: str, finetuned: str, corpus=None, k: int = 100, *, task: str =
     out = Path(out_dir or Path("outputs") / "recover" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     o = [f"task={task}", "mode=recover", "logger=none", *_model_overrides(base),
          f"model.finetuned={_q(Path(finetuned).expanduser().resolve() if Path(finetuned).expanduser().exists() else finetuned)}",
-         f"k={int(k)}", f"d={int(d)}", f"P={int(P)}", f"selector={selector}",
+         f"k={int(k)}", f"d={int(d)}", f"P={int(P)}", *([f"selector={selector}"] if selector else []),
          f"baselines=[{','.join(baselines)}]", f"trainer={'gpu' if device in ('gpu', 'cuda') else 'cpu'}",
          *_corpus_overrides(corpus, text_field, prompt_field, id_field, out)]
     if head:

@@ -135,8 +135,8 @@ def test_dense_reference_with_prompt_length_0_is_the_plain_causal_lm_gradient():
 def test_lm_end_to_end_reports_perplexity_for_every_selector(lm_cfg, tmp_path):
     res = run(lm_cfg("finetune.epochs=3"), tmp_path / "run")
     assert res["task"] == "lm" and res["metric"] == "perplexity"
-    assert [r["selector"] for r in res["results"]] == ["select", "topk", "random", "likelihood",
-                                                       "likelihood_ratio", "expert"]
+    assert [r["selector"] for r in res["results"]] == ["select_layers", "select", "topk", "random", "likelihood",
+                                                       "likelihood_ratio", "expert"]  # whole-model, last-layer, ...
     ref = res["reference"]
     assert ref["thetaf_perplexity"] < ref["theta0_perplexity"]  # training on true documents helps on held-out ones
     for r in res["results"]:

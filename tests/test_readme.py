@@ -44,13 +44,13 @@ def test_readme_recover_example_runs_as_written(tmp_path, monkeypatch, capsys):
     picks = scope["picks"]
     assert isinstance(picks, datasets.Dataset) and len(picks) == 50 and picks["rank"] == list(range(1, 51))
     assert {"text", "objective", "alignment", "group"} <= set(picks.column_names)
-    runs = list((tmp_path / "outputs" / "recover").glob("*/selections/select/selection.parquet"))
+    runs = list((tmp_path / "outputs" / "recover").glob("*/selections/select_layers/selection.parquet"))
     assert len(runs) == 1
     assert datasets.load_dataset("parquet", data_files=str(runs[0]), split="train")["row"] == picks["row"]
     assert (runs[0].parents[2] / "scores.parquet").is_file() and (runs[0].parents[2] / "results.json").is_file()
     out = capsys.readouterr().out
     assert "objective" in out and re.search(r"corpus: \d+% animal definitions", out)
-    for name in ("select", "likelihood_ratio", "length", "novelty", "random"):  # the give-away baselines too
+    for name in ("select_layers", "select", "likelihood_ratio", "length", "novelty", "random"):  # give-away baselines too
         assert re.search(rf"{name}: \d+% of its 50 picks", out), name
 
 
