@@ -1,9 +1,9 @@
 """θf given by the user: a model folder, a hub id, or a PEFT/LoRA adapter folder merged onto θ0.
 
 Checked before anything expensive runs (``check_finetuned``): a local-looking path that does not
-exist, and an adapter that never touches the chosen last layer, each fail with one line. An
-adapter whose targets include the last layer is merged onto a copy of θ0 (``merge_adapter``), so
-θf − θ0 is exactly the adapter's update and the rest of the pipeline sees plain state dicts.
+exist, and an adapter that never touches the chosen last layer when a selector reads that layer alone,
+each fail with one line. An adapter is merged onto a copy of θ0 (``merge_adapter``), so θf − θ0 is
+exactly the adapter's update and the rest of the pipeline sees plain state dicts.
 """
 from __future__ import annotations
 
