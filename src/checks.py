@@ -57,7 +57,7 @@ def head_readers(opts: RunOptions, selectors: dict) -> list[str]:
     """The selectors that select on the last layer's gradients alone (``gradient.layers=head``): only they
     need θf to have changed it (an adapter on attention moves the whole-model selectors' target, not theirs)."""
     return [name for name, s in selectors.items() if s.needs_gradients
-            and str((opts.gradient.with_selector(s.gradients) if s.gradients else opts.gradient).layers) == "head"]
+            and str(opts.gradient.with_selector(s.gradients or {}).layers) == "head"]
 
 
 def without_classes(opts: RunOptions, selectors: dict) -> list[str]:

@@ -76,7 +76,7 @@ def _adapter_touches(cfg: dict, head: str) -> bool:
     return matches(cfg.get("modules_to_save")) or matches(cfg.get("target_modules"))
 
 
-def check_finetuned(name: str | None, head: str, head_readers=("the run",)) -> None:
+def check_finetuned(name: str | None, head: str, head_readers: list[str]) -> None:
     """Fail at once on a missing θf path, or an adapter that leaves the last layer ``head`` unchanged when
     some selector reads that layer's gradients (``head_readers``; whole-model gradients read the others)."""
     if not name:
