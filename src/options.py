@@ -89,9 +89,9 @@ class GradientOptions:
         if self.precondition not in PRECONDITIONERS:
             raise UserError(f"gradient.precondition must be one of {PRECONDITIONERS}, got {self.precondition!r}")
         if str(self.layers) != "head":
-            if self.projection not in ("auto", "factored") or self.precondition != "none":
+            if self.projection not in ("auto", "factored"):
                 raise UserError("gradient.layers other than head projects every layer with its own factored map: it "
-                                "takes gradient.projection=auto|factored and gradient.precondition=none")
+                                f"takes gradient.projection=auto|factored, got {self.projection!r}")
             if self.layer_norm not in ("unit", "none") or self.layer_weights not in ("equal", "delta"):
                 raise UserError(f"gradient.layer_norm must be unit|none and gradient.layer_weights equal|delta, got "
                                 f"{self.layer_norm!r}, {self.layer_weights!r}")

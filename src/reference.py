@@ -167,9 +167,10 @@ def alignment_naive(grads: torch.Tensor, target: torch.Tensor, *, center: bool =
     return F.cosine_similarity(G, t[:, None], dim=-1).mean(0)
 
 
-def naive_layer_grads(model, batch, loss_fn, names, projectors) -> dict:
-    """{layer: [n, d_l]}: each example alone (unpadded), its dense weight gradient by autograd, then the
-    layer's map (``project_matrix``): what ``src.gradients.layers.per_layer_grads`` computes in one pass."""
+def naive_layer_grads(model, batch, loss_fn, names, projectors, factors=None) -> dict:
+    """{layer: [n, d_l]}: each example alone (unpadded), its dense weight gradient by autograd, divided
+    elementwise by √(r cᵀ) where ``factors`` {layer: (r, c)} are given, then the layer's map
+    (``project_matrix``): what ``src.gradients.layers.per_layer_grads`` computes in one pass."""
     mods = dict(model.named_modules())
     out = {name: [] for name in names}
     for i in range(batch["input_ids"].shape[0]):
@@ -180,5 +181,8 @@ def naive_layer_grads(model, batch, loss_fn, names, projectors) -> dict:
             grads = torch.autograd.grad(loss_fn(model, one).sum(), weights, allow_unused=True)
         for name, w, g in zip(names, weights, grads):
             g = torch.zeros_like(w) if g is None else g
+            if factors is not None:
+                r, c = (f.clamp_min(float(f.max()) * 1e-12 + 1e-30) for f in factors[name])
+                g = g / (r[:, None] * c[None, :]).sqrt()
             out[name].append(projectors[name].project_matrix(g[None])[0])
     return {name: torch.stack(v) for name, v in out.items()}

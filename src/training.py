@@ -159,16 +159,18 @@ def length_order(items: list, length: Callable) -> tuple[list[int], torch.Tensor
 
 
 def run_predict(model, items: list, collate: Callable, fn: Callable, *, batch_size: int, trainer: TrainerOptions,
-                length: Callable = lambda item: len(item[0]), reduce: str = "cat") -> dict:
+                length: Callable = lambda item: len(item[0]), reduce: str = "cat", grad: bool = False) -> dict:
     """Apply ``fn`` to every batch of ``items`` and concatenate its per-item outputs, in input order
-    (``reduce="sum"``: ``fn`` returns per-batch totals, summed over the batches)."""
+    (``reduce="sum"``: ``fn`` returns per-batch totals, summed over the batches). ``grad``: run outside
+    inference mode, for an ``fn`` that differentiates (it enables grad itself)."""
     if len(items) == 0:
         return {}
     model.eval()
     order, inverse = length_order(items, length)
     loader = DataLoader([items[i] for i in order], batch_size=batch_size, collate_fn=collate)
     # One device, predictions returned in order; a multi-device pass would write per-rank shards instead.
-    outs = build_trainer(trainer, devices=1, strategy="auto", num_nodes=1).predict(ForwardModule(model, fn), loader)
+    outs = build_trainer(trainer, devices=1, strategy="auto", num_nodes=1,
+                         inference_mode=not grad).predict(ForwardModule(model, fn), loader)
     if reduce == "sum":
         return {k: sum(o[k] for o in outs) for k in outs[0]}
     return {k: torch.cat([o[k] for o in outs])[inverse] for k in outs[0]}

@@ -6,8 +6,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from src.config import run_options
 from src.errors import UserError
-from src.gradients.layers import (LayersSpec, choose_layers, combine, layer_projectors, per_layer_grads,
-                                  projected_deltas)
+from src.gradients.layers import (LayersSpec, _output_grads, _weight_layout, choose_layers, combine,
+                                  layer_projectors, layer_second_moments, per_layer_grads, projected_deltas)
 from src.reference import naive_layer_grads
 from src.tasks.causal import per_example_nll
 
@@ -41,6 +41,32 @@ def test_hooked_layer_gradients_equal_per_example_autograd(arch):
     for name in names:
         torch.testing.assert_close(got[name].double(), want[name].double(), rtol=1e-6, atol=1e-7, msg=name)
         assert got[name].abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_adafactor_second_moments_and_preconditioned_rows_equal_the_dense_forms(arch):
+    model, b = tiny(arch), batch()
+    names = choose_layers(model, "all", "lm_head")
+    sums = layer_second_moments(model, b, per_example_nll, names)
+    assert float(sums["m"]) == float(b["attention_mask"].sum())
+    mods = dict(model.named_modules())
+    inputs, deltas = _output_grads(model, b, per_example_nll, names)
+    m = b["attention_mask"].bool()
+    factors = {}
+    for name in names:  # dense: every real position's V×H gradient e_t h_tᵀ, squared, row and column sums
+        err, h = _weight_layout(mods[name], deltas[name], inputs[name])
+        sq = torch.einsum("kv,kh->kvh", err[m], h[m]) ** 2
+        assert sq.shape[1:] == mods[name].weight.shape
+        torch.testing.assert_close(sums[f"r:{name}"], sq.sum((0, 2)), msg=name)
+        torch.testing.assert_close(sums[f"c:{name}"], sq.sum((0, 1)), msg=name)
+        factors[name] = (sums[f"r:{name}"] / sums["m"], sums[f"c:{name}"] / sums["m"])
+    projectors = layer_projectors(model, names, 12, seed=3)
+    got = per_layer_grads(model, b, per_example_nll, names, projectors, factors=factors)
+    want = naive_layer_grads(model, b, per_example_nll, names, projectors, factors=factors)
+    raw = per_layer_grads(model, b, per_example_nll, names, projectors)
+    for name in names:  # G/√(r cᵀ) elementwise, then the same map
+        torch.testing.assert_close(got[name].double(), want[name].double(), rtol=1e-6, atol=1e-7, msg=name)
+        assert not torch.allclose(got[name], raw[name]), name
 
 
 def test_layer_choices_and_errors():
@@ -99,6 +125,33 @@ def test_layer_gradients_through_the_store_match_the_hooks_on_each_row(tmp_path,
     assert G.shape == (1, 12, 16 * 5) and t.shape == (16 * 5,)
     one = spec(pair.load(1.0), spec.collate(spec.items(data.seed, labels, range(3, 4))))["g"][0]
     torch.testing.assert_close(G[0, 3], one, rtol=1e-4, atol=1e-5)  # batched, sharded = alone
+
+
+def test_preconditioned_layer_gradients_run_through_the_store_under_their_own_key(tmp_path):
+    import json
+
+    from src.stages import autolabel, gradients, load_models, load_task_data
+    from tests.conftest import TINY_BASE_LM, compose_cfg
+
+    base = ["task=lm", *TINY_BASE_LM, "dataset.n_train=16", "dataset.n_test=8", "dataset.n_val=4",
+            "seed.max_examples=12", "finetune.epochs=1", "P=1", "gradient.layers=last:1", "gradient.layer_d=16",
+            "gradient.shard_size=8", "gradient.batch_size=5", "gradient.precondition_rows=6"]
+    out = {}
+    for pre in ("none", "adafactor"):
+        cfg = run_options(compose_cfg([*base, f"gradient.precondition={pre}"], tmp_path))
+        data, task_ = load_task_data(cfg)
+        pair = load_models(cfg, data, task_)
+        labels = autolabel(cfg, pair, data, task_)
+        G, t = gradients(cfg, pair, data, labels, task_)
+        spec = task_.gradient_spec(pair, data.seed, labels, [1.0], cfg.gradient)
+        assert (spec.factors is None) == (pre == "none")
+        one = spec(pair.load(1.0), spec.collate(spec.items(data.seed, labels, range(3, 4))))["g"][0]
+        torch.testing.assert_close(G[0, 3], one, rtol=1e-4, atol=1e-5)
+        out[pre] = G, t
+    torch.testing.assert_close(out["none"][1], out["adafactor"][1])  # the target is −P(θf − θ0) either way
+    assert not torch.allclose(out["none"][0], out["adafactor"][0])
+    pres = sorted(json.loads(p.read_text())["config"]["spec"]["precondition"] for p in tmp_path.rglob("grads/*/meta.json"))
+    assert pres == ["adafactor", "none"]  # two stores, one per preconditioner
 
 
 def test_a_target_that_is_zero_on_every_chosen_layer_is_an_error():

@@ -29,8 +29,10 @@ def test_a_selectors_gradients_replace_the_runs_and_are_checked():
         run.with_selector({"whiten": True})
     with pytest.raises(UserError, match="gradient.precondition must be one of"):
         run.with_selector({"precondition": "adam"})
+    # Whole-model gradients take the run's preconditioner per layer; only their projection is fixed.
+    assert run.with_selector({"layers": "all"}).precondition == "adafactor"
     with pytest.raises(UserError, match="gradient.layers other than head"):
-        run.with_selector({"layers": "all"})  # with the run's adafactor: not a combination the layers take
+        run.with_selector({"layers": "all", "projection": "dense"})
 
 
 def test_an_unknown_option_in_a_group_is_named():

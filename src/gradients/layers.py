@@ -23,7 +23,9 @@ import zlib
 
 import torch
 
+from src.cache import tensor_digest
 from src.errors import UserError
+from src.gradients.last_layer import precondition
 from src.gradients.projectors import FactoredProjector
 
 
@@ -105,10 +107,8 @@ class _Capture:
             h.remove()
 
 
-def per_layer_grads(model, batch, loss_fn, names: list[str], projectors: dict, mask=None) -> dict[str, torch.Tensor]:
-    """{layer: [n, d_l]} projected per-example weight gradients of ``loss_fn(model, batch)`` ([n] per-example
-    losses), from one forward and one backward pass. ``mask`` [n, T] (default the attention mask) marks the
-    positions that exist."""
+def _output_grads(model, batch, loss_fn, names: list[str]):
+    """({layer: input x [n, T, H_in]}, {layer: δ = ∂Σ_i L_i/∂y [n, T, out]}) from one forward and one backward."""
     mods = dict(model.named_modules())
     cap = _Capture(model, names)
     # The chosen layers' outputs must be in the graph (a predict loop or a frozen model has no grad on its
@@ -125,15 +125,48 @@ def per_layer_grads(model, batch, loss_fn, names: list[str], projectors: dict, m
         cap.close()
         for w in frozen:
             w.requires_grad_(False)
+    # A layer the loss does not depend on (e.g. past the scored positions) has a zero gradient.
+    return cap.inputs, {n: (torch.zeros_like(cap.outputs[n]) if d is None else d).detach()
+                        for n, d in zip(names, deltas)}
+
+
+def _weight_layout(module, delta, x):
+    """(err, h) with the weight's own [V, H] layout: (δ, x) for nn.Linear, (x, δ) for Conv1D."""
+    return (x, delta) if _is_conv1d(module) else (delta, x)
+
+
+def per_layer_grads(model, batch, loss_fn, names: list[str], projectors: dict, mask=None,
+                    factors: dict | None = None) -> dict[str, torch.Tensor]:
+    """{layer: [n, d_l]} projected per-example weight gradients of ``loss_fn(model, batch)`` ([n] per-example
+    losses), from one forward and one backward pass. ``mask`` [n, T] (default the attention mask) marks the
+    positions that exist; ``factors`` {layer: (r, c)} divides each layer's gradient by Adafactor's √(r cᵀ)
+    (``layer_second_moments``), which keeps every position's term rank-1."""
+    mods = dict(model.named_modules())
+    inputs, deltas = _output_grads(model, batch, loss_fn, names)
     m = batch["attention_mask"] if mask is None else mask
     rows = {}
-    for name, delta in zip(names, deltas):
-        x = cap.inputs[name]
-        if delta is None:  # the loss does not depend on this layer (e.g. past the scored positions)
-            delta = torch.zeros_like(cap.outputs[name])
-        err, h = (x, delta) if _is_conv1d(mods[name]) else (delta, x)  # the weight's own [V, H] layout
-        rows[name] = projectors[name].project_outer(err.detach(), h.detach(), m)
+    for name in names:
+        err, h = _weight_layout(mods[name], deltas[name], inputs[name])
+        if factors is not None:
+            err, h = precondition(err, h, factors[name])
+        rows[name] = projectors[name].project_outer(err, h, m)
     return rows
+
+
+def layer_second_moments(model, batch, loss_fn, names: list[str], mask=None) -> dict[str, torch.Tensor]:
+    """{"r:<layer>": Σ_t r_t [V], "c:<layer>": Σ_t c_t [H], "m": positions}: each layer's row and column sums
+    of its squared per-position gradients (e_t h_tᵀ)∘(e_t h_tᵀ), float64, as ``second_moments`` does for
+    the last layer: Σ_k (e_v h_k)² = e_v² ‖h‖² and Σ_v (e_v h_k)² = ‖e‖² h_k², so no V×H matrix is formed."""
+    mods = dict(model.named_modules())
+    inputs, deltas = _output_grads(model, batch, loss_fn, names)
+    m = (batch["attention_mask"] if mask is None else mask).double()
+    out = {"m": m.sum()}
+    for name in names:
+        err, h = _weight_layout(mods[name], deltas[name], inputs[name])
+        e2, h2 = err.double() ** 2, h.double() ** 2
+        out[f"r:{name}"] = torch.einsum("ntv,nt->v", e2, h2.sum(-1) * m)
+        out[f"c:{name}"] = torch.einsum("nth,nt->h", h2, e2.sum(-1) * m)
+    return out
 
 
 def projected_deltas(state0: dict, statef: dict, names: list[str], projectors: dict) -> dict[str, torch.Tensor]:
@@ -168,17 +201,20 @@ class LayersSpec:
     ``describe()``, ``spec(model, batch) -> {"g": [n, d]}``): each row is the concatenation of the chosen
     layers' projected blocks, per-row unit-normalised per block with ``unit``; the target is the same
     concatenation of −P(θf − θ0), each block unit-normalised (``weights="equal"``) or left at its own norm
-    (``"delta"``: layers weighted by how far finetuning moved them). Pickles (DDP workers)."""
+    (``"delta"``: layers weighted by how far finetuning moved them). ``factors`` {layer: (r, c)} (Adafactor's,
+    fitted by the task on a seed subsample) preconditions every row; the target stays −P(θf − θ0), which an Adam trajectory
+    makes close to a sum of preconditioned gradients. Pickles (DDP workers)."""
 
     exact = False
     needs_grad = True  # the gradient pass runs it outside inference mode
 
     def __init__(self, *, items, collate, loss_fn, names, projectors, state0, statef, unit: bool, weights: str,
-                 key: dict):
+                 key: dict, factors: dict | None = None):
         if weights not in ("equal", "delta"):
             raise UserError(f"gradient.layer_weights must be equal or delta, got {weights!r}")
         self.items, self.collate, self.loss_fn = items, collate, loss_fn
         self.names, self.projectors, self.unit, self.weights, self.key = list(names), projectors, bool(unit), weights, key
+        self.factors = factors
         deltas = projected_deltas(state0, statef, self.names, projectors)
         if all(not bool(deltas[n].any()) for n in self.names):  # a zero target makes every alignment noise
             raise UserError(f"θf is identical to θ0 on every layer gradient.layers chose ({len(self.names)}: "
@@ -187,9 +223,12 @@ class LayersSpec:
         self.d = int(self.target.numel())
 
     def __call__(self, model, batch) -> dict:
-        rows = per_layer_grads(model, batch, self.loss_fn, self.names, self.projectors)
+        rows = per_layer_grads(model, batch, self.loss_fn, self.names, self.projectors, factors=self.factors)
         return {"g": combine(rows, self.names, unit=self.unit)}
 
     def describe(self) -> dict:
         return {"layers": self.names, "projectors": [self.projectors[n].describe() for n in self.names],
-                "layer_norm": "unit" if self.unit else "none", "layer_weights": self.weights, **self.key}
+                "layer_norm": "unit" if self.unit else "none", "layer_weights": self.weights,
+                # The preconditioner by content: a refit on other rows must not reuse these shards.
+                "factors": None if self.factors is None else
+                {n: [tensor_digest(f) for f in self.factors[n]] for n in self.names}, **self.key}

@@ -227,16 +227,14 @@ class CausalLMTask(Task):
             return FactoredProjector(W.shape[0], W.shape[1], d=g.d, seed=g.projector.seed)
         return make_projector(g.projector, in_dim=W.numel(), d=g.d)
 
-    def _factors(self, pair, seed, autolabels, alphas, items_of, collate, positions, g: GradientOptions):
+    def _factors(self, pair, seed, autolabels, alphas, collate, positions, g: GradientOptions):
         """Adafactor's (r, c) from a seed subsample, averaged over the checkpoints (one preconditioner,
         as Adam's running second moment is one estimate over the whole trajectory); None for ``none``."""
         if g.precondition == "none":
             return None
         from src.training import run_predict
 
-        n = min(len(seed), int(g.precondition_rows))
-        rows = torch.randperm(len(seed), generator=torch.Generator().manual_seed(self.opts.rng))[:n].sort().values
-        items = [it for i in rows.tolist() for it in items_of(seed, autolabels, range(i, i + 1))]
+        items = self._subsample(seed, autolabels, g)
         head = self.opts.model.head
 
         def fn(model, batch):
@@ -253,26 +251,53 @@ class CausalLMTask(Task):
             cs.append(out["c"].double() / m)
         return torch.stack(rs).mean(0).float(), torch.stack(cs).mean(0).float()
 
-    def _layers_spec(self, pair, g: GradientOptions):
+    def _subsample(self, seed, autolabels, g: GradientOptions) -> list:
+        """The items of ``precondition_rows`` seed rows drawn with the run's rng: where a preconditioner is fitted
+        (the candidate pool itself, never the planted rows alone)."""
+        n = min(len(seed), int(g.precondition_rows))
+        rows = torch.randperm(len(seed), generator=torch.Generator().manual_seed(self.opts.rng))[:n].sort().values
+        return [it for i in rows.tolist() for it in self.gradient_items(seed, autolabels, range(i, i + 1))]
+
+    def _layer_factors(self, pair, seed, autolabels, alphas, names, collate, g: GradientOptions):
+        """Each layer's Adafactor (r, c) from a seed subsample, averaged over the checkpoints as ``_factors``
+        does for the last layer; None for ``precondition=none``."""
+        if g.precondition == "none":
+            return None
+        from src.gradients.layers import layer_second_moments
+        from src.training import run_predict
+
+        items = self._subsample(seed, autolabels, g)
+        sums = [run_predict(pair.load(a), items, collate,
+                            lambda model, batch: layer_second_moments(model, batch, per_example_nll, names),
+                            batch_size=g.batch_size, trainer=self.opts.trainer, length=_item_length,
+                            reduce="sum", grad=True) for a in alphas]
+        mean = {key: torch.stack([s[key] / s["m"].clamp_min(1) for s in sums]).mean(0).float()
+                for key in sums[0] if key != "m"}
+        return {n: (mean[f"r:{n}"], mean[f"c:{n}"]) for n in names}
+
+    def _layers_spec(self, pair, seed, autolabels, alphas, g: GradientOptions):
         """Whole-model (or several-layer) gradients: ``src.gradients.layers``."""
         from src.gradients.layers import LayersSpec, choose_layers, layer_projectors
 
         names = choose_layers(pair.model, g.layers, self.opts.model.head)
         projectors = layer_projectors(pair.model, names, int(g.layer_d), int(g.projector.seed))
-        return LayersSpec(items=self.gradient_items, collate=self.collate(pair.tokenizer), loss_fn=per_example_nll,
+        collate = self.collate(pair.tokenizer)
+        return LayersSpec(items=self.gradient_items, collate=collate, loss_fn=per_example_nll,
                           names=names, projectors=projectors, state0=pair.state0, statef=pair.statef,
                           unit=g.layer_norm == "unit", weights=g.layer_weights,
-                          key={"loss": "token_sum", "fields": self.fields(), "max_length": self.opts.model.max_length})
+                          factors=self._layer_factors(pair, seed, autolabels, alphas, names, collate, g),
+                          key={"loss": "token_sum", "fields": self.fields(), "max_length": self.opts.model.max_length,
+                               "precondition": g.precondition, "precondition_rows": g.precondition_rows})
 
     def gradient_spec(self, pair, seed, autolabels: dict, alphas, gradient: GradientOptions) -> GradientSpec:
         g = gradient
         if str(g.layers) != "head":
-            return self._layers_spec(pair, g)
+            return self._layers_spec(pair, seed, autolabels, alphas, g)
         head = self.opts.model.head
         projector = self._projector(pair, g)
         collate = self.collate(pair.tokenizer)
         positions = functools.partial(response_positions, head=head)
-        factors = self._factors(pair, seed, autolabels, alphas, self.gradient_items, collate, positions, g)
+        factors = self._factors(pair, seed, autolabels, alphas, collate, positions, g)
         exact = projector is None  # the target comes with the exact rows (src/gradients/exact.py)
         return GradientSpec(items=self.gradient_items, collate=collate, positions=positions, head=head,
                             projector=projector, exact=exact,
