@@ -232,8 +232,6 @@ class CausalLMTask(Task):
         as Adam's running second moment is one estimate over the whole trajectory); None for ``none``."""
         if g.precondition == "none":
             return None
-        from src.training import run_predict
-
         items = self._subsample(seed, autolabels, g)
         head = self.opts.model.head
 
@@ -242,14 +240,18 @@ class CausalLMTask(Task):
             r, c, m = second_moments(positions(model, batch), module.weight, None)
             return {"r": r, "c": c, "m": torch.tensor(float(m))}
 
-        rs, cs = [], []
-        for a in alphas:
-            out = run_predict(pair.load(a), items, collate, fn, batch_size=g.batch_size,
-                              trainer=self.opts.trainer, length=_item_length, reduce="sum")
-            m = out["m"].clamp_min(1)
-            rs.append(out["r"].double() / m)
-            cs.append(out["c"].double() / m)
-        return torch.stack(rs).mean(0).float(), torch.stack(cs).mean(0).float()
+        mean = self._checkpoint_means(pair, items, collate, fn, alphas, g, grad=False)
+        return mean["r"], mean["c"]
+
+    def _checkpoint_means(self, pair, items, collate, fn, alphas, g: GradientOptions, *, grad: bool) -> dict:
+        """{key: Σ/m} of ``fn``'s per-batch sums (every key but the position count ``m``) over ``items``,
+        at each checkpoint, averaged over the checkpoints: one Adafactor estimate for the whole trajectory."""
+        from src.training import run_predict
+
+        sums = [run_predict(pair.load(a), items, collate, fn, batch_size=g.batch_size, trainer=self.opts.trainer,
+                            length=_item_length, reduce="sum", grad=grad) for a in alphas]
+        return {key: torch.stack([s[key].double() / s["m"].clamp_min(1) for s in sums]).mean(0).float()
+                for key in sums[0] if key != "m"}
 
     def _subsample(self, seed, autolabels, g: GradientOptions) -> list:
         """The items of ``precondition_rows`` seed rows drawn with the run's rng: where a preconditioner is fitted
@@ -264,15 +266,10 @@ class CausalLMTask(Task):
         if g.precondition == "none":
             return None
         from src.gradients.layers import layer_second_moments
-        from src.training import run_predict
 
-        items = self._subsample(seed, autolabels, g)
-        sums = [run_predict(pair.load(a), items, collate,
-                            lambda model, batch: layer_second_moments(model, batch, per_example_nll, names),
-                            batch_size=g.batch_size, trainer=self.opts.trainer, length=_item_length,
-                            reduce="sum", grad=True) for a in alphas]
-        mean = {key: torch.stack([s[key] / s["m"].clamp_min(1) for s in sums]).mean(0).float()
-                for key in sums[0] if key != "m"}
+        mean = self._checkpoint_means(pair, self._subsample(seed, autolabels, g), collate,
+                                      lambda model, batch: layer_second_moments(model, batch, per_example_nll, names),
+                                      alphas, g, grad=True)
         return {n: (mean[f"r:{n}"], mean[f"c:{n}"]) for n in names}
 
     def _layers_spec(self, pair, seed, autolabels, alphas, g: GradientOptions):
