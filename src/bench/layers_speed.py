@@ -1,6 +1,6 @@
 """Cost of whole-model per-layer gradients against a forward pass of the same rows and model.
 
-    python -m src.bench.layers_speed [--lms wordnet_lm smollm2] [--n 256] [--batch-size 32] [--layers all head]
+    python -m src.bench.layers_speed [--lms wordnet_lm smollm2] [--n 256] [--batch-size 32] [--layers all adafactor head]
 
 For each LM, the same length-sorted mini-batches of ``--n`` seed documents (task=lm's items: BOS + text) go
 through (a) a bare forward pass (no grad), and (b) ``per_layer_grads`` for each ``--layers`` choice: one
@@ -39,7 +39,7 @@ def _setup(lm: str, n: int):
 def _child(lm: str, mode: str, n: int, batch_size: int, layer_d: int) -> dict:
     import torch
 
-    from src.gradients.layers import choose_layers, layer_projectors, per_layer_grads
+    from src.gradients.layers import choose_layers, layer_projectors, layer_second_moments, per_layer_grads
     from src.tasks.causal import per_example_nll
 
     cfg, task, model, tok, items = _setup(lm, n)
@@ -52,9 +52,16 @@ def _child(lm: str, mode: str, n: int, batch_size: int, layer_d: int) -> dict:
             for b in batches:
                 model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     else:
-        names = choose_layers(model, mode, cfg.task.model.head)
+        names = choose_layers(model, "all" if mode == "adafactor" else mode, cfg.task.model.head)
         projectors = layer_projectors(model, names, layer_d, seed=0)
-        out.update(layers=len(names), dims=sum(p.d for p in projectors.values()))
+        out.update(layers=len(names), dims=sum(p.d for p in projectors.values()), fit_s=0.0)
+        factors = None
+        if mode == "adafactor":  # the fit a run makes first (src/tasks/causal.py: _layer_factors)
+            sums = [layer_second_moments(model, b, per_example_nll, names) for b in batches]
+            m = sum(s["m"] for s in sums).clamp_min(1)
+            factors = {n: tuple((sum(s[f"{k}:{n}"] for s in sums) / m).float() for k in "rc") for n in names}
+            out["fit_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
         proj_s = 0.0
         import src.gradients.layers as L
 
@@ -70,7 +77,7 @@ def _child(lm: str, mode: str, n: int, batch_size: int, layer_d: int) -> dict:
         L.FactoredProjector.project_outer = timed
         try:
             for b in batches:
-                per_layer_grads(model, b, per_example_nll, names, projectors)
+                per_layer_grads(model, b, per_example_nll, names, projectors, factors=factors)
         finally:
             L.FactoredProjector.project_outer = orig
         out["projection_s"] = proj_s
@@ -94,7 +101,7 @@ def main(argv=None) -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lms", nargs="+", default=["wordnet_lm", "smollm2"])
-    ap.add_argument("--layers", nargs="+", default=["all", "head"])
+    ap.add_argument("--layers", nargs="+", default=["all", "adafactor", "head"], choices=["all", "head", "adafactor"])
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--layer-d", type=int, default=256)
@@ -111,6 +118,9 @@ def main(argv=None) -> None:
             print(f"  layers={r['mode']:<5} {r['layers']:>4} layers, {r['dims']:>6} dims: {r['seconds']:.2f} s = "
                   f"{r['seconds'] / fwd:.2f} x forward (projection {r['projection_s']:.2f} s, forward + backward "
                   f"{r['seconds'] - r['projection_s']:.2f} s); peak RSS {r['peak_rss_mib']:.0f} MiB")
+            if r["fit_s"]:
+                print(f"    its Adafactor fit over the same {r['n']} documents: {r['fit_s']:.2f} s = "
+                      f"{r['fit_s'] / fwd:.2f} x forward")
 
 
 if __name__ == "__main__":
