@@ -39,7 +39,8 @@ def _setup(lm: str, n: int):
 def _child(lm: str, mode: str, n: int, batch_size: int, layer_d: int) -> dict:
     import torch
 
-    from src.gradients.layers import choose_layers, layer_projectors, layer_second_moments, per_layer_grads
+    from src.gradients.layers import (choose_layers, layer_factors, layer_projectors, layer_second_moments,
+                                      per_layer_grads)
     from src.tasks.causal import per_example_nll
 
     cfg, task, model, tok, items = _setup(lm, n)
@@ -58,8 +59,8 @@ def _child(lm: str, mode: str, n: int, batch_size: int, layer_d: int) -> dict:
         factors = None
         if mode == "adafactor":  # the fit a run makes first (src/tasks/causal.py: _layer_factors)
             sums = [layer_second_moments(model, b, per_example_nll, names) for b in batches]
-            m = sum(s["m"] for s in sums).clamp_min(1)
-            factors = {n: tuple((sum(s[f"{k}:{n}"] for s in sums) / m).float() for k in "rc") for n in names}
+            total = {key: sum(s[key] for s in sums) for key in sums[0]}
+            factors = layer_factors({key: v / total["m"].clamp_min(1) for key, v in total.items()}, names)
             out["fit_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
         proj_s = 0.0

@@ -169,6 +169,12 @@ def layer_second_moments(model, batch, loss_fn, names: list[str], mask=None) -> 
     return out
 
 
+def layer_factors(means: dict, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer: (r, c)}, what ``per_layer_grads(..., factors=)`` takes, from ``layer_second_moments``' keys
+    once each sum is divided by its position count (and averaged over checkpoints, where there are several)."""
+    return {n: (means[f"r:{n}"].float(), means[f"c:{n}"].float()) for n in names}
+
+
 def projected_deltas(state0: dict, statef: dict, names: list[str], projectors: dict) -> dict[str, torch.Tensor]:
     """{layer: [d_l]} −P(θf − θ0) of each layer's weight (descent moves W by −η Σ G)."""
     out = {}

@@ -265,12 +265,12 @@ class CausalLMTask(Task):
         does for the last layer; None for ``precondition=none``."""
         if g.precondition == "none":
             return None
-        from src.gradients.layers import layer_second_moments
+        from src.gradients.layers import layer_factors, layer_second_moments
 
         mean = self._checkpoint_means(pair, self._subsample(seed, autolabels, g), collate,
                                       lambda model, batch: layer_second_moments(model, batch, per_example_nll, names),
                                       alphas, g, grad=True)
-        return {n: (mean[f"r:{n}"], mean[f"c:{n}"]) for n in names}
+        return layer_factors(mean, names)
 
     def _layers_spec(self, pair, seed, autolabels, alphas, g: GradientOptions):
         """Whole-model (or several-layer) gradients: ``src.gradients.layers``."""
